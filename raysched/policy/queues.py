@@ -1,0 +1,463 @@
+"""Ready queues behind one interface (after vLLM v1's ``request_queue.py``): add, pop, peek, remove,
+len, iteration, batch pop; one class per policy, an enum and a factory.
+
+Design for speed: tasks are grouped in buckets by their discrete keys (priority, MLFQ level) and a
+small heap orders the non-empty bucket keys, so the per-task work is a deque append/popleft (FCFS
+inside a priority) or a heap operation on plain tuples (the score inside an MLFQ level). Removal is
+lazy: a task's ``qkey`` points at its live entry, and entries it no longer points at are skipped."""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from bisect import bisect_left
+import math
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+from raysched.policy.levels import LevelSchedule
+from raysched.policy.scoring import CostModel, Scorer
+from raysched.policy.task import Task
+
+__all__ = [
+    "FCFSQueue",
+    "MLFQQueue",
+    "Policy",
+    "PriorityQueue",
+    "SRPTQueue",
+    "TaskQueue",
+    "make_queue",
+]
+
+_heappush = heapq.heappush
+_heappop = heapq.heappop
+
+
+class Policy(str, enum.Enum):
+    FCFS = "fcfs"
+    PRIORITY = "priority"
+    MLFQ = "mlfq"
+    SRPT = "srpt"
+
+
+class TaskQueue(ABC):
+    """The ready queue of one pool. ``pop`` raises IndexError when empty; ``peek`` returns None."""
+
+    #: Whether a queued task may displace a running one (see ``preempt_rank``).
+    preemptive: bool = True
+
+    @abstractmethod
+    def add(self, task: Task, now: float) -> None: ...
+
+    @abstractmethod
+    def pop(self) -> Task: ...
+
+    @abstractmethod
+    def peek(self) -> Task | None: ...
+
+    @abstractmethod
+    def remove(self, task: Task) -> bool: ...
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[Task]:
+        """Queued tasks in no particular order."""
+
+    def add_batch(self, tasks: Iterable[Task], now: float) -> None:
+        for t in tasks:
+            self.add(t, now)
+
+    def pop_batch(self, n: int) -> list[Task]:
+        out: list[Task] = []
+        while len(out) < n and len(self):
+            out.append(self.pop())
+        return out
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __contains__(self, task: object) -> bool:
+        return isinstance(task, Task) and task.qkey is not None and task.qkey[-1] is task
+
+    # -- policy hooks with neutral defaults ---------------------------------------------------
+    def admit(self, task: Task) -> None:
+        """Called once when a task first becomes ready (MLFQ: skip-join level)."""
+
+    def preempt_rank(self, task: Task) -> tuple[float, ...] | None:
+        """Coarse rank for preemption; a queued task displaces a running one only when its rank is
+        strictly lower (better). None: this policy never preempts."""
+        return None
+
+    def quantum(self, task: Task) -> float:
+        """Service (seconds or steps) the task may use before the policy looks again."""
+        return self.quantum_of(task.level)
+
+    def quantum_of(self, level: int) -> float:
+        return math.inf
+
+    def expire_quantum(self, task: Task) -> None:
+        """The running task used up its quantum (MLFQ: demote)."""
+
+    def next_level(self, task: Task, level: int) -> int:
+        """The level ``task`` drops to when it uses up the quantum of ``level``."""
+        return level
+
+    def rank_at(self, task: Task, level: int) -> tuple[float, ...] | None:
+        """``preempt_rank`` of ``task`` if it were at ``level``."""
+        return self.preempt_rank(task)
+
+    def age(self, now: float) -> int:
+        """Starvation control; returns how many tasks were boosted."""
+        return 0
+
+    def rescore(self, now: float) -> None:
+        """Recompute time-dependent scores (MLFQ)."""
+
+
+class _DequeBuckets(TaskQueue):
+    """FIFO deques keyed by a discrete bucket key, with a heap over the non-empty keys."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, deque[tuple[Task]]] = {}
+        self._keys: list[int] = []
+        self._live: set[int] = set()
+        self._n = 0
+
+    def _key(self, task: Task, now: float) -> int:
+        raise NotImplementedError
+
+    def add(self, task: Task, now: float = 0.0) -> None:
+        self._push(task, self._key(task, now))
+
+    def add_batch(self, tasks: Iterable[Task], now: float) -> None:
+        key, push = self._key, self._push
+        for t in tasks:
+            push(t, key(t, now))
+
+    def _push(self, task: Task, k: int) -> None:
+        dq = self._buckets.get(k)
+        if dq is None:
+            dq = self._buckets[k] = deque()
+        if k not in self._live:
+            self._live.add(k)
+            _heappush(self._keys, k)
+        e = (task,)
+        task.qkey = e
+        dq.append(e)
+        self._n += 1
+
+    def pop(self) -> Task:
+        keys, buckets = self._keys, self._buckets
+        while keys:
+            k = keys[0]
+            dq = buckets[k]
+            while dq:
+                e = dq.popleft()
+                t = e[0]
+                if t.qkey is e:
+                    t.qkey = None
+                    self._n -= 1
+                    if not dq:
+                        _heappop(keys)
+                        self._live.discard(k)
+                    return t
+            _heappop(keys)
+            self._live.discard(k)
+        raise IndexError("pop from an empty queue")
+
+    def pop_batch(self, n: int) -> list[Task]:
+        out: list[Task] = []
+        keys, buckets = self._keys, self._buckets
+        while keys and len(out) < n:
+            k = keys[0]
+            dq = buckets[k]
+            while dq and len(out) < n:
+                e = dq.popleft()
+                t = e[0]
+                if t.qkey is e:
+                    t.qkey = None
+                    out.append(t)
+            if not dq:
+                _heappop(keys)
+                self._live.discard(k)
+        self._n -= len(out)
+        return out
+
+    def peek(self) -> Task | None:
+        keys, buckets = self._keys, self._buckets
+        while keys:
+            k = keys[0]
+            dq = buckets[k]
+            while dq:
+                t = dq[0][0]
+                if t.qkey is dq[0]:
+                    return t
+                dq.popleft()
+            _heappop(keys)
+            self._live.discard(k)
+        return None
+
+    def remove(self, task: Task) -> bool:
+        if task.qkey is None or task.qkey[-1] is not task:
+            return False
+        task.qkey = None
+        self._n -= 1
+        return True
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[Task]:
+        for dq in self._buckets.values():
+            for e in dq:
+                if e[0].qkey is e:
+                    yield e[0]
+
+
+class FCFSQueue(_DequeBuckets):
+    """Arrival order, nothing else. Never preempts."""
+
+    preemptive = False
+
+    def _key(self, task: Task, now: float) -> int:
+        return 0
+
+
+class PriorityQueue(_DequeBuckets):
+    """Tier / priority first (lower first), then arrival order."""
+
+    def _key(self, task: Task, now: float) -> int:
+        return task.priority
+
+    def preempt_rank(self, task: Task) -> tuple[float, ...] | None:
+        return (task.priority,)
+
+
+class SRPTQueue(TaskQueue):
+    """Shortest remaining processing time, from the oracle's ``remaining_hint``. Replay only: a real
+    scheduler cannot know a generation's length."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Task]] = []
+        self._n = 0
+
+    def add(self, task: Task, now: float = 0.0) -> None:
+        rem = task.remaining_hint if task.remaining_hint is not None else math.inf
+        e = (rem, task.seq, task)
+        task.qkey = e
+        _heappush(self._heap, e)
+        self._n += 1
+
+    def pop(self) -> Task:
+        h = self._heap
+        while h:
+            e = _heappop(h)
+            t = e[2]
+            if t.qkey is e:
+                t.qkey = None
+                self._n -= 1
+                return t
+        raise IndexError("pop from an empty queue")
+
+    def peek(self) -> Task | None:
+        h = self._heap
+        while h:
+            e = h[0]
+            if e[2].qkey is e:
+                return e[2]
+            _heappop(h)
+        return None
+
+    def remove(self, task: Task) -> bool:
+        if task.qkey is None or task.qkey[-1] is not task:
+            return False
+        task.qkey = None
+        self._n -= 1
+        return True
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[Task]:
+        return (e[2] for e in self._heap if e[2].qkey is e)
+
+    def preempt_rank(self, task: Task) -> tuple[float, ...] | None:
+        rem = task.remaining_hint if task.remaining_hint is not None else math.inf
+        return (rem,)
+
+
+_BANDS = 1024  # score resolution inside one MLFQ level
+_LEVEL_SHIFT = 11  # bucket key = priority << 21 | level << 11 | band; band 0 = boosted
+_PRIO_SHIFT = 21
+
+
+class MLFQQueue(_DequeBuckets):
+    """Tiers first, then feedback levels, then the weighted score inside a level.
+
+    The score is quantised to 1/1024 of its range: each (tier, level, score band) is a FIFO bucket
+    and one integer heap orders the non-empty buckets, so adding and popping cost a deque operation
+    instead of a heap operation over every queued task. Within a band, arrival order decides.
+
+    A task enters by skip-join, is demoted when it uses up its level's quantum and keeps its level
+    when it yields early. A task that has waited ``starvation_s`` since it was last enqueued is
+    boosted to level 0 (or the first level whose quantum covers resuming it on another worker) ahead
+    of unboosted work there, so under continuous load of its own tier it runs within about
+    ``starvation_s`` plus the boosted work ahead of it. Tiers stay strict."""
+
+    def __init__(
+        self,
+        levels: LevelSchedule | None = None,
+        scorer: Scorer | None = None,
+        *,
+        starvation_s: float = 15.0,
+        cost: CostModel | None = None,
+    ) -> None:
+        super().__init__()
+        self.levels = levels or LevelSchedule()
+        self.scorer = scorer or Scorer()
+        self.cost = cost or self.scorer.cost
+        self.starvation_s = starvation_s
+        self._order: deque[tuple[Task]] = deque()  # entries in enqueue order, for aging
+        self._quanta = [self.levels.quantum(p) for p in range(self.levels.levels)]
+        self._last = self.levels.levels - 1
+        self._prefill = self.cost.prefill_s_per_token
+        w = self.scorer.w
+        self._band_scale = (_BANDS - 1) / max(w.urgency + w.age + w.size + w.depth + w.fair, 1e-9)
+        self._score = self.scorer.score
+
+    def admit(self, task: Task) -> None:
+        # Skip-join: the first level whose quantum covers the first step (quanta ascend).
+        first = (
+            task.prompt_tokens * self._prefill if task.prompt_tokens else (task.size_hint or 0.0)
+        )
+        task.level = min(bisect_left(self._quanta, first), self._last)
+
+    def _key(self, task: Task, now: float) -> int:
+        b = _BANDS - int(self._score(task, now) * self._band_scale)
+        b = 1 if b < 1 else (_BANDS if b > _BANDS else b)
+        return (task.priority << _PRIO_SHIFT) | (task.level << _LEVEL_SHIFT) | b
+
+    def _push(self, task: Task, k: int) -> None:
+        dq = self._buckets.get(k)
+        if dq is None:
+            dq = self._buckets[k] = deque()
+        if k not in self._live:
+            self._live.add(k)
+            _heappush(self._keys, k)
+        e = (task,)
+        task.qkey = e
+        dq.append(e)
+        self._order.append(e)
+        self._n += 1
+
+    def add_batch(self, tasks: Iterable[Task], now: float) -> None:
+        # add() unrolled: one loop, locals only (the batched hot path).
+        score, scale = self._score, self._band_scale
+        buckets, live, keys, order = self._buckets, self._live, self._keys, self._order
+        n = 0
+        for t in tasks:
+            b = _BANDS - int(score(t, now) * scale)
+            b = 1 if b < 1 else (_BANDS if b > _BANDS else b)
+            k = (t.priority << _PRIO_SHIFT) | (t.level << _LEVEL_SHIFT) | b
+            dq = buckets.get(k)
+            if dq is None:
+                dq = buckets[k] = deque()
+            if k not in live:
+                live.add(k)
+                _heappush(keys, k)
+            e = (t,)
+            t.qkey = e
+            dq.append(e)
+            order.append(e)
+            n += 1
+        self._n += n
+
+    def remove(self, task: Task) -> bool:
+        if not super().remove(task):
+            return False
+        if len(self._order) > 2048 and len(self._order) > 4 * self._n:
+            self._order = deque(e for e in self._order if e[0].qkey is e)
+        return True
+
+    def preempt_rank(self, task: Task) -> tuple[float, ...] | None:
+        return (task.priority, task.level)
+
+    def rank_at(self, task: Task, level: int) -> tuple[float, ...] | None:
+        return (task.priority, level)
+
+    def expire_quantum(self, task: Task) -> None:
+        task.level = self.next_level(task, task.level)
+
+    def next_level(self, task: Task, level: int) -> int:
+        # Down one level, and further if needed so that the new quantum covers what resuming
+        # the task elsewhere would cost (skip-join applied to the recompute): otherwise a long
+        # task preempted on short quanta spends more time recomputing than running.
+        return max(
+            min(level + 1, self._last),
+            min(bisect_left(self._quanta, self.cost.recompute_s(task)), self._last),
+        )
+
+    def quantum_of(self, level: int) -> float:
+        return self._quanta[level] if level < len(self._quanta) else math.inf
+
+    def age(self, now: float) -> int:
+        boosted = 0
+        order, limit = self._order, now - self.starvation_s
+        while order:
+            e = order[0]
+            t = e[0]
+            if t.qkey is not e:
+                order.popleft()
+                continue
+            if t.enqueued_at > limit:
+                break
+            order.popleft()
+            t.qkey = None  # the old entry goes stale; the task moves to a boosted band
+            self._n -= 1
+            # Up to level 0, or to the first level whose quantum covers resuming it elsewhere.
+            t.level = min(bisect_left(self._quanta, self.cost.recompute_s(t)), self._last)
+            self._push(t, (t.priority << _PRIO_SHIFT) | (t.level << _LEVEL_SHIFT))
+            order.pop()  # a boosted task is not aged again until it is re-enqueued
+            boosted += 1
+        return boosted
+
+    def rescore(self, now: float) -> None:
+        """Re-band every queued task with fresh scores (age, deadlines, fair share move)."""
+        items: list[tuple[float, int, Task, int]] = []
+        for k, dq in self._buckets.items():
+            for e in dq:
+                t = e[0]
+                if t.qkey is e:
+                    items.append((t.enqueued_at, t.seq, t, k))
+        items.sort(key=lambda x: (x[0], x[1]))
+        self._buckets.clear()
+        self._keys.clear()
+        self._live.clear()
+        self._order = deque()
+        self._n = 0
+        for _, _, t, k in items:
+            if k & (1 << _LEVEL_SHIFT) - 1 == 0:  # boosted: keep its place, not aged again
+                self._push(t, k)
+                self._order.pop()
+            else:
+                self._push(t, self._key(t, now))
+
+
+def make_queue(
+    policy: Policy | str,
+    *,
+    levels: LevelSchedule | None = None,
+    scorer: Scorer | None = None,
+    starvation_s: float = 15.0,
+) -> TaskQueue:
+    p = Policy(policy)
+    if p is Policy.FCFS:
+        return FCFSQueue()
+    if p is Policy.PRIORITY:
+        return PriorityQueue()
+    if p is Policy.SRPT:
+        return SRPTQueue()
+    return MLFQQueue(levels, scorer, starvation_s=starvation_s)

@@ -1,0 +1,141 @@
+"""Settings: one pydantic model, read at start-up from YAML and the environment (``RAYSCHED_``
+prefix, ``__`` between nested names, e.g. ``RAYSCHED_POLICY__POLICY=fcfs``), then passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from raysched.errors import ValidationFailed
+from raysched.models import DEFAULT_TIERS
+from raysched.policy.levels import LevelSchedule
+from raysched.policy.queues import Policy
+from raysched.policy.scoring import PROFILES, CostModel, Weights
+
+__all__ = ["MLFQSettings", "PolicySettings", "PoolSettings", "ScorerSettings", "Settings"]
+
+
+class MLFQSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    levels: int = Field(default=8, ge=1, le=32)
+    base_quantum: float = Field(default=0.05, gt=0)
+    ratio: float = Field(default=2.0, ge=1)
+    unit: Literal["seconds", "steps"] = "seconds"
+    starvation_s: float = Field(default=15.0, gt=0)
+
+    def schedule(self) -> LevelSchedule:
+        return LevelSchedule(self.levels, self.base_quantum, self.ratio, self.unit)
+
+
+class ScorerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    profile: Literal["responsive", "throughput", "balanced", "custom"] = "throughput"
+    weights: dict[str, float] | None = None
+    age_horizon_s: float = Field(default=60.0, gt=0)
+    urgency_horizon_s: float = Field(default=60.0, gt=0)
+    size_scale_s: float = Field(default=1.0, gt=0)
+
+    def resolved(self) -> Weights:
+        if self.profile == "custom":
+            if not self.weights:
+                raise ValidationFailed("scorer profile 'custom' needs weights")
+            try:
+                return Weights(**self.weights)
+            except TypeError as exc:
+                raise ValidationFailed(f"bad scorer weights: {exc}") from exc
+        return PROFILES[self.profile]
+
+
+class PolicySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Policy = Policy.MLFQ
+    mlfq: MLFQSettings = Field(default_factory=MLFQSettings)
+    scorer: ScorerSettings = Field(default_factory=ScorerSettings)
+    tiers: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_TIERS))
+    tenant_weights: dict[str, float] = Field(default_factory=dict)
+    max_queued: int = Field(default=1_000_000, ge=1)
+    max_queued_per_tenant: int | None = Field(default=None, ge=1)
+    prefill_s_per_token: float = Field(default=0.0002, ge=0)
+    decode_s_per_token: float = Field(default=0.01, ge=0)
+    #: Charge a recompute (prompt + generated tokens at the prefill rate) when a paused task
+    #: resumes on a worker that does not hold its state.
+    recompute_on_migrate: bool = True
+    rescore_interval_s: float = Field(default=5.0, gt=0)
+    max_redeliveries: int = Field(default=3, ge=0)
+    retry_backoff_s: float = Field(default=0.2, ge=0)
+    retry_backoff_max_s: float = Field(default=30.0, ge=0)
+
+    def cost(self) -> CostModel:
+        return CostModel(self.prefill_s_per_token, self.decode_s_per_token, self.recompute_on_migrate)
+
+
+class PoolSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "default"
+    num_cpus: float = Field(default=0.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    memory: int | None = Field(default=None, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    slots: int = Field(default=1, ge=1, le=256)
+    min_workers: int = Field(default=1, ge=0)
+    max_workers: int = Field(default=4, ge=1)
+    #: Handler names this pool runs; "*" also takes every import path and unlisted name.
+    handlers: list[str] = Field(default_factory=lambda: ["*"])
+    scale_up_wait_s: float = Field(default=0.5, ge=0)
+    idle_timeout_s: float = Field(default=30.0, gt=0)
+    #: Paused (preempted) generators a worker keeps; past that a resumed task recomputes.
+    max_paused: int = Field(default=4, ge=0)
+
+    @field_validator("max_workers")
+    @classmethod
+    def _ge_min(cls, v: int, info: Any) -> int:
+        lo = info.data.get("min_workers", 0)
+        if v < lo:
+            raise ValueError(f"max_workers ({v}) < min_workers ({lo})")
+        return v
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAYSCHED_", env_nested_delimiter="__", extra="forbid")
+
+    namespace: str = "raysched"
+    actor_name: str = "raysched-scheduler"
+    state_dir: str = "./.raysched"
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    pools: list[PoolSettings] = Field(default_factory=lambda: [PoolSettings()])
+    dispatch_batch: int = Field(default=64, ge=1)
+    tick_s: float = Field(default=0.05, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the YAML file, which arrives as init arguments.
+        return env_settings, init_settings
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> Settings:
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                loaded = yaml.safe_load(Path(path).read_text())
+            except (OSError, yaml.YAMLError) as exc:
+                raise ValidationFailed(f"cannot read config {path}: {exc}") from exc
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ValidationFailed(f"config {path} must be a mapping")
+            data.update(loaded or {})
+        data.update(overrides)
+        return cls(**data)

@@ -119,3 +119,154 @@ def main() -> None:
         app()
     except KeyboardInterrupt:  # pragma: no cover
         sys.exit(130)
+
+
+# -- runtime commands -----------------------------------------------------------------------------
+Address = Annotated[str | None, typer.Option(help="Ray address (default: the running cluster)")]
+Config = Annotated[Path | None, typer.Option(help="settings YAML")]
+
+
+def _client(address: str | None, config: Path | None, start: bool = False) -> Any:
+    from raysched.client import connect
+    from raysched.settings import Settings
+
+    try:
+        settings = Settings.load(config)
+    except RayschedError as exc:
+        _fail(exc)
+    try:
+        return connect(address, settings=settings, start=start)
+    except SchedulerUnavailable as exc:
+        _die(EXIT_UNREACHABLE, f"{exc} (is it started? `raysched start`)")
+    except ConnectionError as exc:
+        _die(EXIT_UNREACHABLE, str(exc))
+
+
+@app.command()
+def demo(
+    workers: Annotated[int, typer.Option(min=1, max=16)] = 4,
+    seed: int = 7,
+) -> None:
+    """The main job on a laptop: local Ray, scheduler, a mixed workload, a live view, a summary."""
+    from raysched.demo import run_demo
+
+    summary = run_demo(out, workers=workers, seed=seed)
+    if not summary.get("all_succeeded"):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def start(address: Address = None, config: Config = None) -> None:
+    """Deploy the detached scheduler on a running Ray (or a new local one)."""
+    c = _client(address, config, start=True)
+    st = c.stats()
+    out.print(f"scheduler {c.settings.actor_name!r} running in namespace {c.settings.namespace!r}; "
+              f"pools: {', '.join(st['pools'])}")
+
+
+@app.command()
+def stop(address: Address = None, config: Config = None) -> None:
+    """Remove the scheduler and its workers."""
+    c = _client(address, config)
+    c.shutdown()
+    out.print("scheduler stopped")
+
+
+@app.command()
+def submit(
+    kind: str,
+    payload: Annotated[str, typer.Option(help="JSON object")] = "{}",
+    tier: str | None = None,
+    priority: int | None = None,
+    tenant: str = "default",
+    wait: Annotated[bool, typer.Option("--wait", help="wait for the result")] = False,
+    timeout: float = 300.0,
+    address: Address = None,
+    config: Config = None,
+) -> None:
+    """Submit one task; prints its id (and, with --wait, its result as JSON)."""
+    try:
+        body = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        _die(EXIT_USAGE, f"--payload is not JSON: {exc.msg}\n  {payload}")
+    if not isinstance(body, dict):
+        _die(EXIT_USAGE, f"--payload must be a JSON object\n  {payload}")
+    c = _client(address, config)
+    try:
+        tid = c.submit(kind, body, tier=tier, priority=priority, tenant=tenant)
+        print(tid)
+        if wait:
+            print(json.dumps(c.result(tid, timeout=timeout), default=str))
+    except TimeoutError as exc:
+        _die(EXIT_FAILED, str(exc))
+    except RayschedError as exc:
+        _fail(exc)
+
+
+@app.command()
+def status(
+    task_id: Annotated[str | None, typer.Argument()] = None,
+    address: Address = None,
+    config: Config = None,
+) -> None:
+    """A task's state, or the scheduler's queues when no id is given."""
+    c = _client(address, config)
+    try:
+        if task_id is None:
+            print(json.dumps(c.stats(), indent=2, default=str))
+        else:
+            print(c.status(task_id).model_dump_json(indent=2))
+    except RayschedError as exc:
+        _fail(exc)
+
+
+@app.command()
+def cancel(task_id: str, address: Address = None, config: Config = None) -> None:
+    """Cancel a task."""
+    c = _client(address, config)
+    try:
+        ok = c.cancel(task_id)
+    except RayschedError as exc:
+        _fail(exc)
+    out.print("cancelled" if ok else "already finished")
+    if not ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def top(
+    address: Address = None,
+    config: Config = None,
+    interval: float = 1.0,
+    count: Annotated[int, typer.Option(help="refreshes before exiting (0: until Ctrl-C)")] = 0,
+) -> None:
+    """Live view of tiers, levels, pools and throughput."""
+    import time as _time
+
+    from rich.live import Live
+    from rich.table import Table
+
+    c = _client(address, config)
+    prev: tuple[float, int] | None = None
+    n = 0
+    with Live(console=out, refresh_per_second=4) as live:
+        while count == 0 or n < count:
+            st = c.stats()
+            now = _time.monotonic()
+            rate = 0.0 if prev is None else (st["completed"] - prev[1]) / max(1e-9, now - prev[0])
+            prev = (now, st["completed"])
+            tbl = Table(title=f"raysched: {st['live']} live, {st['completed']} done, "
+                        f"{rate:.1f} tasks/s, {st['preemptions']} preemptions")
+            for col in ("tier", "queued", "running", "p99 wait s"):
+                tbl.add_column(col)
+            for tier, d in sorted(st["tiers"].items()):
+                tbl.add_row(tier, str(d.get("queued", 0)), str(d.get("running", 0)),
+                            f"{d.get('p99_wait_s', 0.0):.3f}")
+            tbl.caption = "levels " + json.dumps(st["levels"]) + " | pools " + ", ".join(
+                f"{p}: {d['busy_slots']}/{d['slots']} busy, {d['queued']} queued"
+                for p, d in st["pools"].items()
+            )
+            live.update(tbl)
+            n += 1
+            if count == 0 or n < count:
+                _time.sleep(interval)

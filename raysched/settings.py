@@ -93,6 +93,9 @@ class PoolSettings(BaseModel):
     idle_timeout_s: float = Field(default=30.0, gt=0)
     #: Paused (preempted) generators a worker keeps; past that a resumed task recomputes.
     max_paused: int = Field(default=4, ge=0)
+    #: GPU memory (MiB) each worker may place task requests (``gpu_memory_mb``) against when NVML
+    #: cannot say; with NVML the worker's reported free memory is used.
+    gpu_memory_mb: int | None = Field(default=None, ge=0)
 
     @field_validator("max_workers")
     @classmethod
@@ -111,8 +114,13 @@ class Settings(BaseSettings):
     state_dir: str = "./.raysched"
     policy: PolicySettings = Field(default_factory=PolicySettings)
     pools: list[PoolSettings] = Field(default_factory=lambda: [PoolSettings()])
-    dispatch_batch: int = Field(default=64, ge=1)
+    #: Extra handler names: name -> "pkg.module:function". Built-ins: echo, simulate.
+    handlers: dict[str, str] = Field(default_factory=dict)
     tick_s: float = Field(default=0.05, gt=0)
+    #: How long a worker may take to stop a cancelled or timed-out task before it is replaced.
+    stop_grace_s: float = Field(default=5.0, gt=0)
+    #: Step outputs kept per task for streaming.
+    max_stream_items: int = Field(default=100_000, ge=0)
 
     @classmethod
     def settings_customise_sources(

@@ -9,7 +9,7 @@ import enum
 import heapq
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raysched.errors import DependencyError, QueueFull, TaskNotFound
 from raysched.models import TaskInfo, TaskState
@@ -20,7 +20,9 @@ from raysched.policy.queues import Policy, TaskQueue, make_queue
 from raysched.policy.scoring import Scorer
 from raysched.policy.task import Task
 from raysched.policy.victims import Eta, LowestRankVictim, VictimSelector
-from raysched.settings import PolicySettings
+
+if TYPE_CHECKING:  # settings builds on policy's classes; import it only where needed
+    from raysched.settings import PolicySettings
 
 __all__ = ["Decision", "SchedulerCore"]
 
@@ -45,7 +47,11 @@ class SchedulerCore:
         victims: VictimSelector | None = None,
         on_refused: Callable[[str], None] | None = None,
     ) -> None:
-        self.settings = s = settings or PolicySettings()
+        if settings is None:
+            from raysched.settings import PolicySettings
+
+            settings = PolicySettings()
+        self.settings = s = settings
         self.cost = s.cost()
         self.fair = FairShare(s.tenant_weights)
         self.scorer = Scorer(
@@ -192,6 +198,10 @@ class SchedulerCore:
     def _may_retry(self, t: Task) -> bool:
         return t.id in self._retrying
 
+    def is_final(self, t: Task) -> bool:
+        """Terminal and not waiting for a retry: its outcome will not change."""
+        return t.state.terminal and t.id not in self._retrying
+
     def _make_ready(self, t: Task, now: float) -> None:
         self.lifecycle.move(t, S.QUEUED, now, "ready")
         q = self.queues[t.pool]
@@ -250,9 +260,13 @@ class SchedulerCore:
         """Remaining quantum of a running task, in the level schedule's unit."""
         return self.queues[t.pool].quantum(t) - t.quantum_used
 
-    def progress(self, t: Task, service_s: float, steps: int, now: float) -> Decision:
+    def progress(
+        self, t: Task, service_s: float, steps: int, now: float, requeue: bool = True
+    ) -> Decision:
         """A running task reports service since its last report. At the end of its quantum the
-        policy demotes it and asks whether a queued task now outranks it."""
+        policy demotes it and asks whether a queued task now outranks it. On YIELD the task is
+        requeued as ``preempted`` here, unless ``requeue`` is False: then the caller calls
+        ``preempt`` once the worker has actually stopped it (so it never runs twice at once)."""
         self.account(t, service_s, steps)
         q = self.queues[t.pool]
         expired = False
@@ -268,7 +282,8 @@ class SchedulerCore:
             if head is not None:
                 r_head, r_t = q.preempt_rank(head), q.preempt_rank(t)
                 if r_head is not None and r_t is not None and r_head < r_t:
-                    self.preempt(t, now, f"quantum expired; {head.id} ranks higher")
+                    if requeue:
+                        self.preempt(t, now, f"quantum expired; {head.id} ranks higher")
                     return Decision.YIELD
         return Decision.CONTINUE
 

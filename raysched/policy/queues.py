@@ -303,9 +303,9 @@ class MLFQQueue(_DequeBuckets):
 
     A task enters by skip-join, is demoted when it uses up its level's quantum and keeps its level
     when it yields early. A task that has waited ``starvation_s`` since it was last enqueued is
-    boosted to level 0 (or the first level whose quantum covers resuming it on another worker) ahead
-    of unboosted work there, so under continuous load of its own tier it runs within about
-    ``starvation_s`` plus the boosted work ahead of it. Tiers stay strict."""
+    boosted to level 0 (or the first level whose quantum covers resuming it on another worker) and
+    queued ahead of all unboosted work of its tier, so under continuous load of its tier it runs
+    within about ``starvation_s`` plus the boosted work ahead of it. Tiers stay strict."""
 
     def __init__(
         self,
@@ -417,9 +417,12 @@ class MLFQQueue(_DequeBuckets):
             order.popleft()
             t.qkey = None  # the old entry goes stale; the task moves to a boosted band
             self._n -= 1
-            # Up to level 0, or to the first level whose quantum covers resuming it elsewhere.
+            # Up to level 0, or to the first level whose quantum covers resuming it elsewhere;
+            # either way it waits in its tier's boosted bucket (level 0, band 0), ahead of all
+            # unboosted work of the tier: keyed at a deeper level it would stay behind a steady
+            # stream of fresh level-0 tasks and starve.
             t.level = min(bisect_left(self._quanta, self.cost.recompute_s(t)), self._last)
-            self._push(t, (t.priority << _PRIO_SHIFT) | (t.level << _LEVEL_SHIFT))
+            self._push(t, t.priority << _PRIO_SHIFT)
             order.pop()  # a boosted task is not aged again until it is re-enqueued
             boosted += 1
         return boosted

@@ -1,0 +1,201 @@
+"""Ray at the edge: the one place that turns the plain SchedulerService and WorkerCore classes into
+actors. The scheduler is a named, detached, restartable async actor in its namespace: Ray's GCS is
+the registry (clients find it by name) and, with one name, the leader election."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from raysched.errors import SchedulerUnavailable
+from raysched.handlers import default_registry
+from raysched.runtime.scheduler import SchedulerService
+from raysched.runtime.worker import WorkerCore
+from raysched.settings import PoolSettings, Settings
+
+__all__ = ["RaySpawner", "SchedulerActor", "WorkerActor", "get_scheduler", "start_scheduler"]
+
+log = logging.getLogger("raysched")
+
+
+class _WorkerActor:
+    def __init__(self, worker_id: str, pool: dict[str, Any], aliases: dict[str, str], sched: str, ns: str):
+        p = PoolSettings.model_validate(pool)
+        self._sched_name, self._ns = sched, ns
+        self._sched: Any = None
+        self.core = WorkerCore(worker_id, default_registry(aliases), self._report, slots=p.slots, max_paused=p.max_paused)
+
+    async def _report(self, wid: str, events: list[dict[str, Any]]) -> None:
+        try:
+            if self._sched is None:
+                self._sched = ray.get_actor(self._sched_name, namespace=self._ns)
+            await self._sched.report.remote(wid, events)
+        except Exception:
+            self._sched = None  # re-resolve by name next time (the scheduler may have restarted)
+            raise
+
+    async def ready(self) -> dict[str, Any]:
+        return await self.core.ready()
+
+    async def lease(self) -> None:
+        await self.core.lease()
+
+    async def assign(self, items: list[tuple[str, str, Any, int]]) -> int:
+        return await self.core.assign(items)
+
+    async def stop(self, tid: str, kind: str) -> bool:
+        return await self.core.stop(tid, kind)
+
+    async def telemetry(self) -> dict[str, Any]:
+        return self.core.telemetry()
+
+    async def shutdown(self) -> None:
+        await self.core.shutdown()
+
+
+WorkerActor = ray.remote(_WorkerActor)
+
+
+class RaySpawner:
+    """Creates workers as named, detached actors with their pool's resource shape."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def spawn(self, pool: PoolSettings, worker_id: str) -> Any:
+        opts: dict[str, Any] = {
+            "name": worker_id,
+            "namespace": self.settings.namespace,
+            "lifetime": "detached",
+            "num_cpus": pool.num_cpus,
+            "num_gpus": pool.num_gpus,
+            "max_concurrency": 1000,
+            "max_restarts": 0,
+        }
+        if pool.resources:
+            opts["resources"] = dict(pool.resources)
+        if pool.memory:
+            opts["memory"] = pool.memory
+        return WorkerActor.options(**opts).remote(
+            worker_id, pool.model_dump(), self.settings.handlers, self.settings.actor_name, self.settings.namespace
+        )
+
+    def kill(self, handle: Any) -> None:
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception as exc:  # noqa: BLE001
+            log.info("kill: %s", exc)
+
+    def ready(self, handle: Any) -> Any:
+        return handle.ready.remote()
+
+    def lease(self, handle: Any) -> Any:
+        return handle.lease.remote()
+
+    def assign(self, handle: Any, items: list[tuple[str, str, Any, int]]) -> Any:
+        return handle.assign.remote(items)
+
+    def stop(self, handle: Any, tid: str, kind: str) -> Any:
+        return handle.stop.remote(tid, kind)
+
+    def telemetry(self, handle: Any) -> Any:
+        return handle.telemetry.remote()
+
+
+class _SchedulerActor:
+    def __init__(self, settings: dict[str, Any]) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.settings = Settings.model_validate(settings)
+        _reap_workers(self.settings.namespace)
+        self.svc = SchedulerService(self.settings, RaySpawner(self.settings))
+
+    async def start(self) -> dict[str, Any]:
+        return await self.svc.start()
+
+    async def ping(self) -> dict[str, Any]:
+        await self.svc.start()
+        return {"ok": True, "settings": self.settings.model_dump(mode="json")}
+
+    async def submit(self, specs: list[dict[str, Any]], tenant: str | None = None) -> dict[str, Any]:
+        await self.svc.start()
+        return await self.svc.submit(specs, tenant)
+
+    async def status(self, tid: str) -> dict[str, Any]:
+        return self.svc.status(tid)
+
+    async def statuses(self, ids: list[str]) -> list[dict[str, Any]]:
+        return [self.svc.status(t) for t in ids]
+
+    async def tenant_of(self, tid: str) -> str | None:
+        return self.svc.tenant_of(tid)
+
+    async def result(self, tid: str, timeout: float | None = None) -> dict[str, Any]:
+        return await self.svc.result(tid, timeout)
+
+    async def stream(self, tid: str, after: int = 0, wait_s: float = 10.0) -> dict[str, Any]:
+        return await self.svc.stream(tid, after, wait_s)
+
+    async def cancel(self, tid: str) -> dict[str, Any]:
+        return await self.svc.cancel(tid)
+
+    async def wait(self, ids: list[str], timeout: float | None = None) -> list[dict[str, Any]]:
+        return await self.svc.wait(ids, timeout)
+
+    async def stats(self) -> dict[str, Any]:
+        await self.svc.refresh_telemetry()
+        return await self.svc.stats()
+
+    async def report(self, wid: str, events: list[dict[str, Any]]) -> int:
+        return await self.svc.report(wid, events)
+
+    async def shutdown(self) -> int:
+        return await self.svc.shutdown()
+
+
+SchedulerActor = ray.remote(_SchedulerActor)
+
+
+def _reap_workers(namespace: str) -> None:
+    """Kill detached workers a previous scheduler instance left (their work was requeued or, until
+    the durability layer lands, lost with the old instance's memory)."""
+    try:
+        names = ray.util.list_named_actors(all_namespaces=True)
+    except Exception:  # noqa: BLE001
+        return
+    for entry in names:
+        if isinstance(entry, dict) and entry.get("namespace") == namespace and str(entry.get("name", "")).startswith("raysched-w-"):
+            try:
+                ray.kill(ray.get_actor(entry["name"], namespace=namespace), no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def get_scheduler(settings: Settings) -> Any:
+    try:
+        return ray.get_actor(settings.actor_name, namespace=settings.namespace)
+    except ValueError as exc:
+        raise SchedulerUnavailable(
+            f"no scheduler {settings.actor_name!r} in namespace {settings.namespace!r}"
+        ) from exc
+
+
+def start_scheduler(settings: Settings) -> Any:
+    """Create (or find) the detached scheduler actor and wait until it is ready."""
+    handle = SchedulerActor.options(
+        name=settings.actor_name,
+        namespace=settings.namespace,
+        lifetime="detached",
+        max_restarts=-1,
+        max_task_retries=0,
+        max_concurrency=10_000,
+        num_cpus=0,
+        get_if_exists=True,
+    ).remote(settings.model_dump(mode="json"))
+    try:
+        ray.get(handle.start.remote(), timeout=60)
+    except RayActorError as exc:
+        raise SchedulerUnavailable(f"scheduler failed to start: {exc}") from exc
+    return handle

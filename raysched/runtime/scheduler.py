@@ -1,0 +1,610 @@
+"""The scheduler service: the policy core plus workers, dispatch, preemption, streaming and pool
+scaling. A plain class driven by asyncio; ``runtime.factory`` wraps it as the named, detached
+SchedulerActor. Everything runs on the actor's one event loop, so no locks.
+
+The core's view (task states) and the physical view (which task occupies which worker slot) are
+kept apart on purpose: a task's slot is freed only when its worker says the task stopped, so a
+task cancelled, timed out or preempted is never run by two workers at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from raysched.errors import RayschedError, TaskNotFound, UnknownHandler, ValidationFailed
+from raysched.handlers import HandlerRegistry, default_registry
+from raysched.models import TaskSpec, TaskState
+from raysched.policy.core import Decision, SchedulerCore
+from raysched.policy.task import Task
+from raysched.settings import PoolSettings, Settings
+
+__all__ = ["SchedulerService", "WorkerSpawner", "error_dict"]
+
+log = logging.getLogger("raysched.scheduler")
+S = TaskState
+
+
+class WorkerSpawner(Protocol):
+    def spawn(self, pool: PoolSettings, worker_id: str) -> Any: ...
+    def kill(self, handle: Any) -> None: ...
+    def ready(self, handle: Any) -> Awaitable[Any]: ...
+    def lease(self, handle: Any) -> Awaitable[Any]: ...
+    def assign(self, handle: Any, items: list[tuple[str, str, Any, int]]) -> Awaitable[Any]: ...
+    def stop(self, handle: Any, tid: str, kind: str) -> Awaitable[Any]: ...
+    def telemetry(self, handle: Any) -> Awaitable[Any]: ...
+
+
+def error_dict(exc: BaseException) -> dict[str, Any]:
+    code = getattr(exc, "code", "internal")
+    body: dict[str, Any] = {"code": code, "message": str(exc)}
+    retry = getattr(exc, "retry_after_s", None)
+    if retry is not None:
+        body["retry_after_s"] = retry
+    return {"error": body}
+
+
+@dataclass
+class _Worker:
+    id: str
+    pool: PoolSettings
+    handle: Any
+    ready: bool = False
+    running: set[str] = field(default_factory=set)  # tasks physically occupying a slot
+    since_idle: float = 0.0
+    telemetry: dict[str, Any] = field(default_factory=dict)
+    kill_at: float | None = None  # a stop it was asked for is overdue then
+
+    def free(self, reserved: int) -> int:
+        return self.pool.slots - len(self.running) - reserved
+
+
+class SchedulerService:
+    def __init__(
+        self,
+        settings: Settings,
+        spawner: WorkerSpawner,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.spawner = spawner
+        self.clock = clock
+        self.core = SchedulerCore(
+            settings.policy, pools=[p.name for p in settings.pools], on_refused=log.warning
+        )
+        self.registry: HandlerRegistry = default_registry(settings.handlers)
+        self.pools = {p.name: p for p in settings.pools}
+        self.workers: dict[str, _Worker] = {}
+        self.streams: dict[str, list[tuple[int, Any]]] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._reserved: dict[str, tuple[Task, str]] = {}  # victim id -> (incoming, worker id)
+        self._stopping: dict[str, str] = {}  # task id -> "pause" | "cancel"
+        self._zombies: set[str] = set()  # old attempts not yet confirmed stopped
+        self._started = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._wake: asyncio.Event | None = None
+        self.started_at = clock()
+        self.dispatched = 0
+
+    # -- start-up -------------------------------------------------------------------------------
+    async def start(self) -> dict[str, Any]:
+        if not self._started:
+            self._started = True
+            self._wake = asyncio.Event()
+            for pool in self.pools.values():
+                for _ in range(pool.min_workers):
+                    self._spawn(pool)
+            self._loop_task = asyncio.create_task(self._run())
+        return {"ready": True, "workers": len(self.workers)}
+
+    def _bg_task(self, coro: Awaitable[Any]) -> None:
+        t: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
+
+    def _spawn(self, pool: PoolSettings) -> _Worker:
+        wid = f"raysched-w-{pool.name}-{uuid.uuid4().hex[:8]}"
+        w = _Worker(wid, pool, self.spawner.spawn(pool, wid), since_idle=self.clock())
+        self.workers[wid] = w
+        self._bg_task(self._watch(w))
+        return w
+
+    async def _watch(self, w: _Worker) -> None:
+        try:
+            info = await self.spawner.ready(w.handle)
+            w.ready = True
+            w.telemetry = dict(info.get("telemetry", {})) if isinstance(info, dict) else {}
+            self._kick()
+            await self.spawner.lease(w.handle)
+        except Exception as exc:  # noqa: BLE001 - any actor death / creation failure
+            log.warning("worker %s lost: %s", w.id, exc)
+        self._worker_gone(w, "worker died")
+
+    def _worker_gone(self, w: _Worker, reason: str) -> None:
+        if self.workers.pop(w.id, None) is None:
+            return
+        now = self.clock()
+        for tid in list(w.running):
+            self._zombies.discard(tid)
+            t = self.core.tasks.get(tid)
+            if t is not None and t.state is S.RUNNING and t.worker == w.id:
+                self._stopping.pop(tid, None)
+                self._release_reservation(tid, now)
+                self.core.lost(t, now, reason)
+                self._notify(t)
+        for t in self.core.tasks.values():
+            if t.home == w.id:
+                t.home = None  # its paused state died with the worker
+        for victim, (incoming, wid) in list(self._reserved.items()):
+            if wid == w.id:
+                del self._reserved[victim]
+                self.core.unreserve(incoming, now)
+        self._kick()
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        next_scale = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.tick_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                now = self.clock()
+                for t in self.core.tick(now):
+                    self._timeout(t, now)
+                self._check_kills(now)
+                if now >= next_scale:
+                    next_scale = now + 0.2
+                    self._scale(now)
+                self._dispatch(now)
+            except Exception:  # pragma: no cover - keep the loop alive, say why
+                log.exception("scheduler loop error")
+
+    def _timeout(self, t: Task, now: float) -> None:
+        msg = f"timed out after {t.timeout_s}s"
+        if t.state is S.RUNNING and t.worker in self.workers:
+            self._stop_on(t.worker, t.id, "cancel", now)
+            self._zombies.add(t.id)
+        self._release_reservation(t.id, now)
+        self._drop_paused(t)
+        self.core.finish(t, now, ok=False, error_type="TimeoutError", error=msg, timed_out=True)
+        self._notify(t)
+
+    def _check_kills(self, now: float) -> None:
+        for w in list(self.workers.values()):
+            if w.kill_at is not None and now >= w.kill_at:
+                if any(tid in self._zombies for tid in w.running):
+                    log.warning("worker %s did not stop a task in time; replacing it", w.id)
+                    self.spawner.kill(w.handle)
+                    self._worker_gone(w, "worker replaced after a stuck task")
+                else:
+                    w.kill_at = None
+
+    def _scale(self, now: float) -> None:
+        for pool in self.pools.values():
+            mine = [w for w in self.workers.values() if w.pool.name == pool.name]
+            starting = any(not w.ready for w in mine)
+            n = len(mine)
+            while n < pool.min_workers:
+                self._spawn(pool)
+                n += 1
+                starting = True
+            q = self.core.queues[pool.name]
+            head = q.peek()
+            if (
+                head is not None
+                and not starting
+                and n < pool.max_workers
+                and now - head.enqueued_at >= pool.scale_up_wait_s
+                and all(w.free(0) <= 0 for w in mine)
+            ):
+                self._spawn(pool)
+                continue
+            if n > pool.min_workers and head is None:
+                for w in mine:
+                    if n <= pool.min_workers:
+                        break
+                    if w.running:
+                        w.since_idle = now
+                        continue
+                    if any(t.home == w.id for t in self.core.queues[pool.name]):
+                        continue
+                    if now - w.since_idle >= pool.idle_timeout_s:
+                        self.workers.pop(w.id, None)
+                        self.spawner.kill(w.handle)
+                        n -= 1
+
+    # -- dispatch and preemption ----------------------------------------------------------------
+    def _dispatch(self, now: float) -> None:
+        for pool in self.pools.values():
+            q = self.core.queues[pool.name]
+            if not len(q):
+                continue
+            reserved_on: dict[str, int] = {}
+            for _, wid in self._reserved.values():
+                reserved_on[wid] = reserved_on.get(wid, 0) + 1
+            accept = self._accept_for(pool)
+            full = True
+            for w in sorted(self.workers.values(), key=lambda w: len(w.running)):
+                if w.pool.name != pool.name or not w.ready or w.kill_at is not None:
+                    continue
+                free = w.free(reserved_on.get(w.id, 0))
+                if free <= 0:
+                    continue
+                full = False
+                if not len(q):
+                    break
+                got = self.core.dispatch(pool.name, free, now, w.id, accept(w) if accept else None)
+                if got:
+                    self._send(w, got, now)
+            if full and len(q):
+                self._preempt(pool, now)
+
+    def _accept_for(self, pool: PoolSettings) -> Callable[[_Worker], Callable[[Task], bool]] | None:
+        zombies = self._zombies
+        if not zombies and pool.gpu_memory_mb is None and not any(
+            t.gpu_memory_mb for t in self.core.queues[pool.name]
+        ):
+            return None
+
+        def for_worker(w: _Worker) -> Callable[[Task], bool]:
+            cap = self._gpu_free_mb(w)
+
+            def ok(t: Task) -> bool:
+                if t.id in zombies:
+                    return False
+                return t.gpu_memory_mb is None or (cap is not None and t.gpu_memory_mb <= cap)
+
+            return ok
+
+        return for_worker
+
+    def _gpu_free_mb(self, w: _Worker) -> int | None:
+        gpus = w.telemetry.get("gpus")
+        if gpus:
+            return min(int(g["mem_free_mb"]) for g in gpus)
+        return w.pool.gpu_memory_mb
+
+    def _send(self, w: _Worker, tasks: list[Task], now: float) -> None:
+        items = []
+        for t in tasks:
+            w.running.add(t.id)
+            if t.home is not None and t.home != w.id:
+                self._drop_paused(t)
+            t.home = None
+            items.append((t.id, t.kind, t.payload, t.steps))
+            self._notify(t)
+        self.dispatched += len(items)
+        self._bg_task(self._call(w, self.spawner.assign(w.handle, items)))
+
+    async def _call(self, w: _Worker, aw: Awaitable[Any]) -> None:
+        try:
+            await aw
+        except Exception as exc:  # noqa: BLE001 - the watcher handles a dead worker
+            log.info("call to %s failed: %s", w.id, exc)
+
+    def _preempt(self, pool: PoolSettings, now: float) -> None:
+        exclude = set(self._reserved) | set(self._stopping)
+        while True:
+            plan = self.core.plan_preemption(pool.name, now, exclude)
+            if plan is None:
+                return
+            incoming, victim = plan
+            wid = victim.worker
+            assert wid is not None
+            self._reserved[victim.id] = (incoming, wid)
+            exclude.add(victim.id)
+            self._stop_on(wid, victim.id, "pause", now)
+
+    def _stop_on(self, wid: str, tid: str, kind: str, now: float) -> None:
+        w = self.workers.get(wid)
+        if w is None:
+            return
+        self._stopping[tid] = kind
+        if kind == "cancel":
+            w.kill_at = now + self.settings.stop_grace_s
+        self._bg_task(self._call(w, self.spawner.stop(w.handle, tid, kind)))
+
+    def _drop_paused(self, t: Task) -> None:
+        if t.home is not None and t.home in self.workers:
+            w = self.workers[t.home]
+            self._bg_task(self._call(w, self.spawner.stop(w.handle, t.id, "cancel")))
+        t.home = None
+
+    def _release_reservation(self, victim_id: str, now: float) -> None:
+        r = self._reserved.pop(victim_id, None)
+        if r is not None:
+            self.core.unreserve(r[0], now)
+
+    # -- reports from workers -------------------------------------------------------------------
+    async def report(self, wid: str, events: list[dict[str, Any]]) -> int:
+        w = self.workers.get(wid)
+        now = self.clock()
+        if w is None:
+            return 0  # a worker we no longer know (replaced); its events are stale
+        for ev in events:
+            try:
+                self._on_event(w, ev, now)
+            except RayschedError as exc:  # pragma: no cover - refused transitions are logged
+                log.warning("event %s from %s: %s", ev.get("t"), wid, exc)
+        self._dispatch(now)
+        return len(events)
+
+    def _on_event(self, w: _Worker, ev: dict[str, Any], now: float) -> None:
+        tid = ev["id"]
+        kind = ev["t"]
+        t = self.core.tasks.get(tid)
+        current = t is not None and t.state is S.RUNNING and t.worker == w.id and tid not in self._zombies
+        if kind == "step":
+            if not current or t is None:
+                return
+            self._append_outputs(t, ev["out"])
+            d = self.core.progress(t, ev["service"], ev["steps"], now, requeue=False)
+            if d is Decision.YIELD and tid not in self._stopping:
+                self._stop_on(w.id, tid, "pause", now)
+            return
+        if kind == "evicted":
+            if t is not None and t.home == w.id:
+                t.home = None
+            return
+        # the task left its slot
+        w.running.discard(tid)
+        if not w.running:
+            w.since_idle = now
+        was_zombie = tid in self._zombies
+        self._zombies.discard(tid)
+        stop_kind = self._stopping.pop(tid, None)
+        if w.kill_at is not None and not any(x in self._zombies for x in w.running):
+            w.kill_at = None
+        if t is None or not current:
+            if kind == "paused" and t is not None:
+                self._bg_task(self._call(w, self.spawner.stop(w.handle, tid, "cancel")))
+            if was_zombie or t is None or t.state is not S.RUNNING:
+                self._release_reservation(tid, now)
+            return
+        if kind == "paused":
+            self.core.preempt(t, now, "preempted" if stop_kind == "pause" else "paused")
+            t.home = w.id
+            r = self._reserved.pop(tid, None)
+            if r is not None:
+                incoming = r[0]
+                if incoming.state in (S.QUEUED, S.PREEMPTED) and incoming.qkey is None:
+                    self.core.start(incoming, now, w.id)
+                    self._send(w, [incoming], now)
+            self._notify(t)
+            return
+        self._release_reservation(tid, now)
+        self.core.account(t, float(ev.get("service", 0.0)), 0)
+        if kind == "done":
+            self.core.finish(t, now, ok=True, result=ev.get("result"))
+        elif kind == "fail":
+            self.core.finish(t, now, ok=False, error_type=ev.get("etype"), error=ev.get("msg"))
+        else:  # "stopped" without our asking: the worker is shutting down
+            self.core.lost(t, now, "stopped by its worker")
+        self._notify_all_changed(t)
+
+    def _append_outputs(self, t: Task, outs: list[tuple[int, Any]]) -> None:
+        if not outs:
+            return
+        buf = self.streams.setdefault(t.id, [])
+        last = buf[-1][0] if buf else 0
+        for idx, val in outs:
+            if idx > last and len(buf) < self.settings.max_stream_items:
+                buf.append((idx, val))
+                last = idx
+        self._notify(t)
+
+    def _notify_all_changed(self, t: Task) -> None:
+        self._notify(t)
+        for cid in self.core.deps.children.get(t.id, ()):
+            c = self.core.tasks.get(cid)
+            if c is not None:
+                self._notify(c)
+        if t.state.terminal:
+            for c in self.core.tasks.values():
+                if c.state is S.FAILED and c.error_type == "DependencyFailed" and t.id in c.depends_on:
+                    self._notify(c)
+
+    def _notify(self, t: Task) -> None:
+        ev = self._changed.pop(t.id, None)
+        if ev is not None:
+            ev.set()
+
+    # -- client API -----------------------------------------------------------------------------
+    async def submit(self, specs: list[dict[str, Any]], tenant: str | None = None) -> dict[str, Any]:
+        """Accept a batch all or nothing. Returns {"ids", "states"} or {"error": {...}}."""
+        now = self.clock()
+        try:
+            tasks = [self._task_from(d, now, tenant) for d in specs]
+            accepted = self.core.submit_many(tasks, now)
+        except RayschedError as exc:
+            return error_dict(exc)
+        self._dispatch(now)
+        return {"ids": [t.id for t in accepted], "states": [t.state.value for t in accepted]}
+
+    def _task_from(self, d: dict[str, Any], now: float, tenant: str | None) -> Task:
+        tiers = self.settings.policy.tiers
+        if tenant is not None:
+            d = {**d, "tenant": tenant}
+        try:
+            spec = TaskSpec.model_validate(d, context={"tiers": tiers})
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            loc = ".".join(str(x) for x in e["loc"]) or "task"
+            raise ValidationFailed(f"{loc}: {e['msg']}") from None
+        if not self.registry.is_registered(spec.kind) and ":" not in spec.kind:
+            raise UnknownHandler(
+                f"unknown handler {spec.kind!r}; registered: {', '.join(self.registry.names())}"
+            )
+        pool = self._route(spec.kind)
+        tier, prio = spec.resolved_priority(tiers)
+        prompt = spec.prompt_tokens
+        if prompt is None and isinstance(spec.payload.get("prompt_tokens"), int):
+            prompt = int(spec.payload["prompt_tokens"])
+        t = Task(
+            spec.id,
+            prio,
+            now,
+            0,
+            prompt or 0,
+            spec.tenant,
+            tier,
+            spec.kind,
+            pool,
+            spec.size_hint,
+            None if spec.deadline_s is None else now + spec.deadline_s,
+        )
+        t.payload = spec.payload
+        if spec.depends_on:
+            t.depends_on = spec.depends_on
+        if spec.timeout_s is not None:
+            t.timeout_s = spec.timeout_s
+        if spec.max_retries:
+            t.max_retries = spec.max_retries
+        if spec.idempotency_key is not None:
+            t.idempotency_key = spec.idempotency_key
+        if spec.resources.gpu_memory_mb is not None:
+            t.gpu_memory_mb = spec.resources.gpu_memory_mb
+        t.preemptible = bool(self.registry.stepwise(spec.kind))
+        return t
+
+    def _route(self, kind: str) -> str:
+        for p in self.pools.values():
+            if kind in p.handlers:
+                return p.name
+        for p in self.pools.values():
+            if "*" in p.handlers:
+                return p.name
+        raise UnknownHandler(f"no pool runs handler {kind!r}")
+
+    def status(self, tid: str) -> dict[str, Any]:
+        t = self.core.tasks.get(tid)
+        if t is None:
+            return error_dict(TaskNotFound(f"no task {tid}"))
+        return self.core.info(t).model_dump(mode="json")
+
+    def tenant_of(self, tid: str) -> str | None:
+        t = self.core.tasks.get(tid)
+        return None if t is None else t.tenant
+
+    async def result(self, tid: str, timeout: float | None = None) -> dict[str, Any]:
+        """Waits up to ``timeout`` for the task's final outcome."""
+        t = self.core.tasks.get(tid)
+        if t is None:
+            return error_dict(TaskNotFound(f"no task {tid}"))
+        deadline = None if timeout is None else self.clock() + timeout
+        while not self.core.is_final(t):
+            left = None if deadline is None else deadline - self.clock()
+            if left is not None and left <= 0:
+                return {"state": t.state.value, "done": False}
+            ev = self._changed.setdefault(tid, asyncio.Event())
+            try:
+                await asyncio.wait_for(ev.wait(), timeout=left)
+            except asyncio.TimeoutError:
+                pass
+        out: dict[str, Any] = {"state": t.state.value, "done": True}
+        if t.state is S.SUCCEEDED:
+            out["result"] = t.result
+        else:
+            out["error_type"] = t.error_type
+            out["error"] = t.error
+        return out
+
+    async def stream(self, tid: str, after: int = 0, wait_s: float = 10.0) -> dict[str, Any]:
+        """Step outputs with index > ``after``; waits up to ``wait_s`` for new ones (long poll)."""
+        t = self.core.tasks.get(tid)
+        if t is None:
+            return error_dict(TaskNotFound(f"no task {tid}"))
+        deadline = self.clock() + wait_s
+        while True:
+            buf = self.streams.get(tid, [])
+            items = [(i, v) for i, v in buf if i > after] if buf and buf[-1][0] > after else []
+            final = self.core.is_final(t)
+            if items or final or self.clock() >= deadline:
+                return {"items": items, "state": t.state.value, "done": final}
+            ev = self._changed.setdefault(tid, asyncio.Event())
+            try:
+                await asyncio.wait_for(ev.wait(), timeout=max(0.0, deadline - self.clock()))
+            except asyncio.TimeoutError:
+                pass
+
+    async def cancel(self, tid: str) -> dict[str, Any]:
+        now = self.clock()
+        t = self.core.tasks.get(tid)
+        if t is None:
+            return error_dict(TaskNotFound(f"no task {tid}"))
+        was_running = t.state is S.RUNNING
+        wid = t.worker
+        if not self.core.cancel(tid, now):
+            return {"cancelled": False, "state": t.state.value}
+        if was_running and wid is not None:
+            self._stop_on(wid, tid, "cancel", now)
+            self._zombies.add(tid)
+        self._release_reservation(tid, now)
+        self._drop_paused(t)
+        self._notify_all_changed(t)
+        self._dispatch(now)
+        return {"cancelled": True, "state": t.state.value}
+
+    async def wait(self, ids: list[str], timeout: float | None = None) -> list[dict[str, Any]]:
+        deadline = None if timeout is None else self.clock() + timeout
+        out = []
+        for tid in ids:
+            left = None if deadline is None else max(0.0, deadline - self.clock())
+            await self.result(tid, left)
+            out.append(self.status(tid))
+        return out
+
+    async def stats(self) -> dict[str, Any]:
+        s = self.core.stats()
+        waits: dict[str, list[float]] = {}
+        for t in self.core.tasks.values():
+            if t.first_start is not None:
+                waits.setdefault(t.tier, []).append(t.first_start - t.arrival)
+        for tier, ws in waits.items():
+            ws.sort()
+            d = s["tiers"].setdefault(tier, {"queued": 0, "running": 0})
+            d["started"] = len(ws)
+            d["p50_wait_s"] = ws[len(ws) // 2]
+            d["p99_wait_s"] = ws[min(len(ws) - 1, int(0.99 * len(ws)))]
+        for name, p in s["pools"].items():
+            ws_ = [w for w in self.workers.values() if w.pool.name == name]
+            p["workers"] = len(ws_)
+            p["ready_workers"] = sum(1 for w in ws_ if w.ready)
+            p["slots"] = sum(w.pool.slots for w in ws_)
+            p["busy_slots"] = sum(len(w.running) for w in ws_)
+        s["workers"] = {w.id: {"pool": w.pool.name, "ready": w.ready, "running": len(w.running), **w.telemetry} for w in self.workers.values()}
+        s["dispatched"] = self.dispatched
+        s["uptime_s"] = self.clock() - self.started_at
+        return s
+
+    async def refresh_telemetry(self) -> None:
+        for w in list(self.workers.values()):
+            if w.ready:
+                try:
+                    w.telemetry = dict(await self.spawner.telemetry(w.handle))
+                except Exception:  # noqa: BLE001
+                    pass
+
+    async def shutdown(self) -> int:
+        n = 0
+        for w in list(self.workers.values()):
+            self.workers.pop(w.id, None)
+            self.spawner.kill(w.handle)
+            n += 1
+        return n

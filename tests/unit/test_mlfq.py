@@ -1,0 +1,265 @@
+"""MLFQ specifics: level schedule, skip-join, demotion, aging (starvation control), rescoring."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from raysched.policy.levels import LevelSchedule
+from raysched.policy.queues import MLFQQueue
+from raysched.policy.scoring import CostModel, Scorer
+from raysched.policy.task import Task
+
+_seq = itertools.count(1)
+BATCH, INTERACTIVE = 5, 1
+
+
+def mk(tid: str, prio: int = BATCH, prompt: int = 10, *, at: float = 0.0,
+       hint: float | None = None) -> Task:
+    return Task(tid, prio, at, next(_seq), prompt, "a", "", "simulate", "default", hint, None)
+
+
+def enqueue(q: MLFQQueue, t: Task, now: float, *, admit: bool = True) -> None:
+    if admit:
+        q.admit(t)
+    t.enqueued_at = now
+    q.add(t, now)
+
+
+def drain(q: MLFQQueue) -> list[str]:
+    out = []
+    while q:
+        out.append(q.pop().id)
+    return out
+
+
+# -- level schedule ---------------------------------------------------------------------------
+def test_default_quanta_grow_by_ratio_and_last_is_infinite() -> None:
+    q = MLFQQueue()
+    assert q.levels.levels == 8
+    for p in range(7):
+        assert q.quantum_of(p) == pytest.approx(0.05 * 2**p)
+    for p in range(6):
+        assert q.quantum_of(p + 1) == pytest.approx(2 * q.quantum_of(p))
+    assert q.quantum_of(7) == math.inf
+    assert q.quantum_of(100) == math.inf
+
+
+@pytest.mark.parametrize(("levels", "base", "ratio"), [(3, 0.1, 3.0), (5, 1.0, 1.0), (1, 0.5, 2.0)])
+def test_custom_schedule(levels: int, base: float, ratio: float) -> None:
+    sched = LevelSchedule(levels, base, ratio)
+    q = MLFQQueue(sched)
+    for p in range(levels - 1):
+        assert q.quantum_of(p) == pytest.approx(base * ratio**p)
+        assert sched.quantum(p) == pytest.approx(base * ratio**p)
+    assert q.quantum_of(levels - 1) == math.inf
+    assert sched.quantum(levels - 1) == math.inf
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"levels": 0}, {"base_quantum": 0.0}, {"base_quantum": -1.0}, {"ratio": 0.5}, {"unit": "hours"}],
+)
+def test_level_schedule_validation(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        LevelSchedule(**kwargs)  # type: ignore[arg-type]
+
+
+def test_initial_level_matches_admit() -> None:
+    sched = LevelSchedule()
+    q = MLFQQueue(sched)
+    for prompt in [0, 1, 100, 250, 251, 500, 501, 1000, 2000, 5000, 20000, 10**7]:
+        t = mk("x", prompt=prompt)
+        q.admit(t)
+        assert t.level == sched.initial_level(prompt * 0.0002), prompt
+
+
+# -- skip-join --------------------------------------------------------------------------------
+def test_skip_join_long_prompt_enters_deeper() -> None:
+    q = MLFQQueue()
+    short, long_ = mk("short", prompt=100), mk("long", prompt=1000)  # 0.02 s vs 0.2 s prefill
+    q.admit(short)
+    q.admit(long_)
+    assert short.level == 0
+    assert long_.level > short.level
+    assert q.quantum_of(long_.level) >= 1000 * 0.0002
+    assert q.quantum_of(long_.level - 1) < 1000 * 0.0002
+    assert long_.level == 2
+
+
+def test_skip_join_uses_size_hint_without_prompt() -> None:
+    q = MLFQQueue()
+    t = mk("h", prompt=0, hint=0.3)
+    q.admit(t)
+    assert t.level == 3  # 0.05, 0.1, 0.2 < 0.3 <= 0.4
+    huge = mk("huge", prompt=10**8)
+    q.admit(huge)
+    assert huge.level == 7  # capped at the last level
+
+
+def test_short_runs_before_long_prompt_of_same_tier() -> None:
+    q = MLFQQueue()
+    long_, short = mk("long", prompt=3000), mk("short", prompt=50)
+    enqueue(q, long_, 0.0)
+    enqueue(q, short, 0.0)
+    assert drain(q) == ["short", "long"]
+
+
+# -- demotion ---------------------------------------------------------------------------------
+def test_expire_quantum_demotes_one_level_and_stops_at_last() -> None:
+    q = MLFQQueue()
+    t = mk("t", prompt=10)
+    q.admit(t)
+    levels = [t.level]
+    for _ in range(10):
+        q.expire_quantum(t)
+        levels.append(t.level)
+    assert levels == [0, 1, 2, 3, 4, 5, 6, 7, 7, 7, 7]
+
+
+def test_demotion_skips_to_level_covering_recompute() -> None:
+    q = MLFQQueue()
+    t = mk("t", prompt=10)
+    q.admit(t)
+    t.steps = 2000  # recomputing 2010 tokens costs 0.402 s: level 4 covers it (0.8)
+    q.expire_quantum(t)
+    assert t.level == 4
+    no_recompute = MLFQQueue(cost=CostModel(recompute=False))
+    u = mk("u", prompt=10)
+    no_recompute.admit(u)
+    u.steps = 2000
+    no_recompute.expire_quantum(u)
+    assert u.level == 1
+
+
+def test_demoted_task_runs_after_fresh_level0_work() -> None:
+    q = MLFQQueue()
+    old = mk("old")
+    q.admit(old)
+    q.expire_quantum(old)
+    enqueue(q, old, 1.0, admit=False)
+    enqueue(q, mk("fresh"), 1.0)
+    assert q.preempt_rank(old) == (BATCH, 1)
+    assert drain(q) == ["fresh", "old"]
+
+
+# -- aging ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("prompt", "boost_level"), [(10, 0), (1000, 2), (4000, 4)])
+def test_aging_boosts_deep_task_ahead_of_fresh_level0(prompt: int, boost_level: int) -> None:
+    """After ``starvation_s`` a waiting deep task runs before fresh level-0 work of its tier,
+    whatever level its own quantum needs (a long prompt needs a deeper one)."""
+    q = MLFQQueue(starvation_s=15.0)
+    deep = mk("deep", prompt=prompt)
+    q.admit(deep)
+    for _ in range(3):
+        q.expire_quantum(deep)
+    assert deep.level >= 3
+    enqueue(q, deep, 0.0, admit=False)
+    fresh = [mk(f"f{i}", prompt=5, at=10.0) for i in range(5)]
+    for f in fresh:
+        enqueue(q, f, 10.0)
+    assert all(f.level == 0 for f in fresh)
+
+    assert q.age(14.9) == 0
+    assert q.peek() is not deep
+
+    assert q.age(15.0) == 1
+    assert deep.level == boost_level  # level 0, or the first that covers its recompute
+    assert q.peek() is deep
+    assert len(q) == 6
+    assert drain(q) == ["deep", "f0", "f1", "f2", "f3", "f4"]
+
+
+def test_boost_level_covers_recompute() -> None:
+    q = MLFQQueue(starvation_s=1.0)
+    small, big = mk("small", prompt=10), mk("big", prompt=1000)
+    for t in (small, big):
+        q.admit(t)
+        for _ in range(4):
+            q.expire_quantum(t)
+        enqueue(q, t, 0.0, admit=False)
+    assert q.age(2.0) == 2
+    assert small.level == 0
+    assert big.level == 2  # 0.2 s of recompute needs level 2's quantum
+    assert len(q) == 2
+
+
+def test_aging_never_crosses_tiers() -> None:
+    q = MLFQQueue(starvation_s=15.0)
+    starving = mk("starving_batch", prio=BATCH)
+    q.admit(starving)
+    for _ in range(4):
+        q.expire_quantum(starving)
+    enqueue(q, starving, 0.0, admit=False)
+    better = [mk(f"i{i}", prio=INTERACTIVE, prompt=3000, at=20.0) for i in range(3)]
+    for t in better:
+        enqueue(q, t, 20.0)
+    fresh_batch = mk("fresh_batch", prio=BATCH, at=20.0)
+    enqueue(q, fresh_batch, 20.0)
+    assert q.age(20.0) == 1
+    assert drain(q) == ["i0", "i1", "i2", "starving_batch", "fresh_batch"]
+
+
+def test_boosted_tasks_keep_fifo_order_and_are_not_aged_twice() -> None:
+    q = MLFQQueue(starvation_s=5.0)
+    a, b = mk("a", prompt=2000), mk("b", prompt=10)
+    for i, t in enumerate((a, b)):
+        q.admit(t)
+        q.expire_quantum(t)
+        enqueue(q, t, float(i))
+    enqueue(q, mk("fresh"), 9.0)
+    assert q.age(7.0) == 2
+    assert q.age(8.0) == 0  # already boosted
+    assert q.age(100.0) == 1  # only 'fresh' is left to boost
+    assert len(q) == 3
+    assert drain(q) == ["a", "b", "fresh"]
+
+
+def test_rescore_keeps_boosted_tasks_in_front() -> None:
+    q = MLFQQueue(starvation_s=5.0)
+    deep = mk("deep", prompt=1500)
+    q.admit(deep)
+    q.expire_quantum(deep)
+    enqueue(q, deep, 0.0, admit=False)
+    assert q.age(6.0) == 1
+    for i in range(4):
+        enqueue(q, mk(f"f{i}", prompt=1), 6.5)
+    q.rescore(7.0)
+    assert len(q) == 5
+    assert q.peek() is deep
+    assert q.age(7.5) == 0  # a boosted task is not aged again after a rescore either
+    assert drain(q)[0] == "deep"
+
+
+def test_age_and_rescore_on_empty_queue() -> None:
+    q = MLFQQueue()
+    assert q.age(1e6) == 0
+    q.rescore(1e6)
+    assert len(q) == 0 and q.peek() is None
+
+
+# -- scoring inside a level -------------------------------------------------------------------
+def test_score_orders_within_level() -> None:
+    q = MLFQQueue(scorer=Scorer())
+    plain = mk("plain", prompt=200)
+    urgent = mk("urgent", prompt=200)
+    urgent.deadline = 1.0  # due now: full urgency
+    enqueue(q, plain, 1.0)
+    enqueue(q, urgent, 1.0)
+    assert plain.level == urgent.level == 0
+    assert drain(q) == ["urgent", "plain"]
+
+
+def test_rescore_lets_age_reorder() -> None:
+    """Age only counts after a rescore: an older task overtakes a smaller newer one."""
+    q = MLFQQueue(scorer=Scorer(age_horizon_s=10.0), starvation_s=1e9)
+    old = mk("old", prompt=240, at=0.0)  # bigger prompt: lower size factor
+    new = mk("new", prompt=0, at=9.0)
+    enqueue(q, old, 0.0)
+    enqueue(q, new, 9.0)
+    assert q.peek() is new
+    q.rescore(10.0)
+    assert q.peek() is old
+    assert len(q) == 2

@@ -82,7 +82,7 @@ def bench_heapq(queued: int, ops: int, batch: int) -> float:
     gc.collect()
     gc.disable()
     t0 = time.perf_counter()
-    for i in range(ops // batch):
+    for _ in range(ops // batch):
         for j in range(batch):
             seq += 1
             heapq.heappush(h, _DC(PRIOS[j & 3], seq, "x", 100))

@@ -11,7 +11,13 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
-from raysched.errors import RayschedError, SchedulerUnavailable, TaskCancelled, TaskFailed, ValidationFailed
+from raysched.errors import (
+    RayschedError,
+    SchedulerUnavailable,
+    TaskCancelled,
+    TaskFailed,
+    ValidationFailed,
+)
 
 __all__ = ["app", "main"]
 
@@ -53,7 +59,9 @@ def replay(
     recompute: Annotated[
         bool, typer.Option(help="charge a recompute when a paused task resumes on another worker")
     ] = False,
-    config: Annotated[Path | None, typer.Option(help="settings YAML (policy section is used)")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="settings YAML (policy section is used)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON summary last")] = False,
 ) -> None:
     """Run a trace through the real policy code and print JCT / wait figures."""
@@ -86,11 +94,16 @@ def replay(
         summary = VirtualReplay(records, ps, workers=workers).run().as_dict()
     else:
         if pol is Policy.SRPT:
-            _die(EXIT_USAGE, "srpt is the oracle of the virtual replay; a real scheduler cannot know it")
+            _die(
+                EXIT_USAGE,
+                "srpt is the oracle of the virtual replay; a real scheduler cannot know it",
+            )
         from raysched.runtime.replay import replay_on_ray
 
         try:
-            summary = replay_on_ray(records, settings.model_copy(update={"policy": ps}), workers=workers)
+            summary = replay_on_ray(
+                records, settings.model_copy(update={"policy": ps}), workers=workers
+            )
         except RayschedError as exc:
             _fail(exc)
     if as_json:
@@ -110,7 +123,13 @@ def _print_summary(s: dict[str, Any]) -> None:
     )
     tbl = Table("tier", "tasks", "mean JCT s", "p99 JCT s", "p99 wait s")
     for tier, d in s["by_tier"].items():
-        tbl.add_row(tier, str(d["tasks"]), f"{d['mean_jct_s']:.3f}", f"{d['p99_jct_s']:.3f}", f"{d['p99_wait_s']:.3f}")
+        tbl.add_row(
+            tier,
+            str(d["tasks"]),
+            f"{d['mean_jct_s']:.3f}",
+            f"{d['p99_jct_s']:.3f}",
+            f"{d['p99_wait_s']:.3f}",
+        )
     out.print(tbl)
 
 
@@ -160,8 +179,10 @@ def start(address: Address = None, config: Config = None) -> None:
     """Deploy the detached scheduler on a running Ray (or a new local one)."""
     c = _client(address, config, start=True)
     st = c.stats()
-    out.print(f"scheduler {c.settings.actor_name!r} running in namespace {c.settings.namespace!r}; "
-              f"pools: {', '.join(st['pools'])}")
+    out.print(
+        f"scheduler {c.settings.actor_name!r} running in namespace {c.settings.namespace!r}; "
+        f"pools: {', '.join(st['pools'])}"
+    )
 
 
 @app.command()
@@ -255,16 +276,27 @@ def top(
             now = _time.monotonic()
             rate = 0.0 if prev is None else (st["completed"] - prev[1]) / max(1e-9, now - prev[0])
             prev = (now, st["completed"])
-            tbl = Table(title=f"raysched: {st['live']} live, {st['completed']} done, "
-                        f"{rate:.1f} tasks/s, {st['preemptions']} preemptions")
+            tbl = Table(
+                title=f"raysched: {st['live']} live, {st['completed']} done, "
+                f"{rate:.1f} tasks/s, {st['preemptions']} preemptions"
+            )
             for col in ("tier", "queued", "running", "p99 wait s"):
                 tbl.add_column(col)
             for tier, d in sorted(st["tiers"].items()):
-                tbl.add_row(tier, str(d.get("queued", 0)), str(d.get("running", 0)),
-                            f"{d.get('p99_wait_s', 0.0):.3f}")
-            tbl.caption = "levels " + json.dumps(st["levels"]) + " | pools " + ", ".join(
-                f"{p}: {d['busy_slots']}/{d['slots']} busy, {d['queued']} queued"
-                for p, d in st["pools"].items()
+                tbl.add_row(
+                    tier,
+                    str(d.get("queued", 0)),
+                    str(d.get("running", 0)),
+                    f"{d.get('p99_wait_s', 0.0):.3f}",
+                )
+            tbl.caption = (
+                "levels "
+                + json.dumps(st["levels"])
+                + " | pools "
+                + ", ".join(
+                    f"{p}: {d['busy_slots']}/{d['slots']} busy, {d['queued']} queued"
+                    for p, d in st["pools"].items()
+                )
             )
             live.update(tbl)
             n += 1

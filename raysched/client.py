@@ -63,7 +63,9 @@ class Client:
                     raise SchedulerUnavailable(f"scheduler unavailable: {exc}") from exc
                 time.sleep(0.2)
                 try:
-                    self._h = ray.get_actor(self.settings.actor_name, namespace=self.settings.namespace)
+                    self._h = ray.get_actor(
+                        self.settings.actor_name, namespace=self.settings.namespace
+                    )
                 except ValueError:
                     pass
 
@@ -108,8 +110,13 @@ class Client:
         specs = []
         for t in tasks:
             try:
-                spec = t if isinstance(t, TaskSpec) else TaskSpec.model_validate(
-                    {k: v for k, v in t.items() if v is not None}, context={"tiers": self.settings.policy.tiers}
+                spec = (
+                    t
+                    if isinstance(t, TaskSpec)
+                    else TaskSpec.model_validate(
+                        {k: v for k, v in t.items() if v is not None},
+                        context={"tiers": self.settings.policy.tiers},
+                    )
                 )
             except ValidationError as exc:
                 e = exc.errors()[0]
@@ -154,6 +161,11 @@ class Client:
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = self._call("stats")
+        return out
+
+    def progress(self) -> dict[str, int]:
+        """Cheap counters (completed, live, dispatched) for polling."""
+        out: dict[str, int] = self._call("progress")
         return out
 
     def shutdown(self) -> None:

@@ -1,7 +1,7 @@
 """User-facing data models (CONTRACT.md sections 2, 3 and 6), validated with pydantic.
 
-The policy core keeps its own slotted records (``raysched.policy.task.Task``) because a pydantic model
-costs microseconds per instance; these models sit at the edges: client, HTTP, CLI, trace files."""
+The policy core keeps its own slotted records (``raysched.policy.task.Task``) because a pydantic
+model costs microseconds per instance; these models sit at the edges: client, HTTP, CLI, traces."""
 
 from __future__ import annotations
 
@@ -50,7 +50,9 @@ class TaskState(str, enum.Enum):
         return self in _TERMINAL
 
 
-_TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.TIMED_OUT})
+_TERMINAL = frozenset(
+    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.TIMED_OUT}
+)
 
 
 class ResourceRequest(BaseModel):

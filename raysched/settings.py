@@ -73,7 +73,9 @@ class PolicySettings(BaseModel):
     retry_backoff_max_s: float = Field(default=30.0, ge=0)
 
     def cost(self) -> CostModel:
-        return CostModel(self.prefill_s_per_token, self.decode_s_per_token, self.recompute_on_migrate)
+        return CostModel(
+            self.prefill_s_per_token, self.decode_s_per_token, self.recompute_on_migrate
+        )
 
 
 class PoolSettings(BaseModel):
@@ -84,7 +86,7 @@ class PoolSettings(BaseModel):
     num_gpus: float = Field(default=0.0, ge=0)
     memory: int | None = Field(default=None, ge=0)
     resources: dict[str, float] = Field(default_factory=dict)
-    slots: int = Field(default=1, ge=1, le=256)
+    slots: int = Field(default=1, ge=1, le=4096)
     min_workers: int = Field(default=1, ge=0)
     max_workers: int = Field(default=4, ge=1)
     #: Handler names this pool runs; "*" also takes every import path and unlisted name.
@@ -107,7 +109,9 @@ class PoolSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RAYSCHED_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="RAYSCHED_", env_nested_delimiter="__", extra="forbid"
+    )
 
     namespace: str = "raysched"
     actor_name: str = "raysched-scheduler"

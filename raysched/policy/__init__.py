@@ -1,5 +1,5 @@
-"""The policy core: pure Python, no Ray import. The scheduler actor, the virtual-clock replay and the
-benchmarks all drive these classes."""
+"""The policy core: pure Python, no Ray import. The scheduler actor, the virtual-clock replay and
+the benchmarks all drive these classes."""
 
 from raysched.policy.core import Decision, SchedulerCore
 from raysched.policy.deps import DependencyGraph

@@ -75,7 +75,9 @@ class SchedulerCore:
         self.idempotency: dict[tuple[str, str], str] = {}
         self._delayed: list[tuple[float, int, Task]] = []
         self._retrying: set[str] = set()  # failed / timed out, waiting out a retry backoff
+        self._paused: dict[str, Task] = {}  # preempted tasks with a timeout (see ``overdue``)
         self._live = 0
+        self._deadlines = 0  # live tasks with a deadline
         self._live_by_tenant: dict[str, int] = {}
         self._seq = 0
         self._next_rescore = 0.0
@@ -136,7 +138,9 @@ class SchedulerCore:
                     keys[(t.tenant, t.idempotency_key)] = t.id
         if fresh:
             self._admit_check(fresh.values())
-            order = DependencyGraph.check_batch({i: t.depends_on for i, t in fresh.items()}, self.tasks)
+            order = DependencyGraph.check_batch(
+                {i: t.depends_on for i, t in fresh.items()}, self.tasks
+            )
             for tid in order:
                 self._accept(fresh[tid], now)
         return [o if o is not None else fresh[b.id] for o, b in zip(out, batch, strict=True)]
@@ -166,6 +170,8 @@ class SchedulerCore:
         if t.idempotency_key is not None:
             self.idempotency[(t.tenant, t.idempotency_key)] = t.id
         self._live += 1
+        if t.deadline is not None:
+            self._deadlines += 1
         self._live_by_tenant[t.tenant] = self._live_by_tenant.get(t.tenant, 0) + 1
         self.fair.activate(t.tenant)
         self.lifecycle.created(t, now)
@@ -215,7 +221,12 @@ class SchedulerCore:
         another worker waits for that worker until it has waited as long as recomputing the state
         elsewhere would take (the ski-rental rule), then goes wherever a slot is free."""
         h = t.home
-        return h is None or worker is None or h == worker or now - t.enqueued_at >= self.cost.recompute_s(t)
+        return (
+            h is None
+            or worker is None
+            or h == worker
+            or now - t.enqueued_at >= self.cost.recompute_s(t)
+        )
 
     def dispatch(
         self,
@@ -228,10 +239,12 @@ class SchedulerCore:
         """Pop up to ``n`` of the best ready tasks of ``pool`` that may run on ``worker`` (and pass
         ``accept``, e.g. a GPU-memory fit) and mark them running. Skipped tasks keep their place."""
         q = self.queues[pool]
+        got: list[Task]
         if worker is None and accept is None:
             got = q.pop_batch(n)
         else:
-            got, held = [], []
+            got = []
+            held: list[Task] = []
             while len(got) < n and len(held) < 64 and len(q):
                 t = q.pop()
                 if self.movable(t, worker, now) and (accept is None or accept(t)):
@@ -250,10 +263,13 @@ class SchedulerCore:
             t.attempts += 1
             t.quantum_used = 0.0
             t.started_at = now
-        self.lifecycle.move(t, S.RUNNING, now, "dispatched" if t.attempts == 1 else f"attempt {t.attempts}")
+        self.lifecycle.move(
+            t, S.RUNNING, now, "dispatched" if t.attempts == 1 else f"attempt {t.attempts}"
+        )
         if t.first_start is None:
             t.first_start = now
         t.worker = worker
+        self._paused.pop(t.id, None)
         self.running[t.pool][t.id] = t
 
     def quantum(self, t: Task) -> float:
@@ -336,6 +352,8 @@ class SchedulerCore:
         """A running task stopped between steps; it waits in the queue in state ``preempted``."""
         self.lifecycle.move(t, S.PREEMPTED, now, reason)
         self.running[t.pool].pop(t.id, None)
+        if t.timeout_s is not None:
+            self._paused[t.id] = t
         self.preemptions += 1
         t.enqueued_at = now
         self.queues[t.pool].add(t, now)
@@ -355,6 +373,7 @@ class SchedulerCore:
         """Record a running task's outcome. Returns the tasks whose state changed as a result
         (children made ready or failed, the task itself re-queued for a retry)."""
         self.running[t.pool].pop(t.id, None)
+        self._paused.pop(t.id, None)
         if t.qkey is not None:  # a timed-out preempted task still sits in the queue
             self.queues[t.pool].remove(t)
         t.finished_at = now
@@ -379,7 +398,7 @@ class SchedulerCore:
 
     def lost(self, t: Task, now: float, reason: str) -> list[Task]:
         """The worker holding ``t`` died. Running work is redelivered (attempt counted) up to
-        ``max(max_retries, max_redeliveries)`` times, so a lost worker alone does not fail a task."""
+        ``max(max_retries, max_redeliveries)`` times: a lost worker alone does not fail a task."""
         if t.state is S.PREEMPTED:
             return []  # it waits in the queue already; its paused state is simply gone
         if t.state is not S.RUNNING:
@@ -426,6 +445,8 @@ class SchedulerCore:
 
     def _retire(self, t: Task) -> None:
         self._live -= 1
+        if t.deadline is not None:
+            self._deadlines -= 1
         n = self._live_by_tenant.get(t.tenant, 0) - 1
         if n <= 0:
             self._live_by_tenant.pop(t.tenant, None)
@@ -443,6 +464,7 @@ class SchedulerCore:
         if t.qkey is not None:
             self.queues[t.pool].remove(t)
         self.running[t.pool].pop(t.id, None)
+        self._paused.pop(t.id, None)
         if t.id in self._retrying:  # its stale entry in _delayed is skipped by tick
             self._retrying.discard(t.id)
             self.lifecycle.move(t, S.QUEUED, now, "retry cancelled")
@@ -469,17 +491,24 @@ class SchedulerCore:
             q.age(now)
         if now >= self._next_rescore:
             self._next_rescore = now + self.settings.rescore_interval_s
-            if len(self.fair.active) > 1 or self.scorer.w.age or self.scorer.w.urgency:
+            # Age moves every task alike, so only fair share and deadlines reorder a queue.
+            if (len(self.fair.active) > 1 and self.scorer.w.fair) or (
+                self._deadlines and self.scorer.w.urgency
+            ):
                 for q in self.queues.values():
                     q.rescore(now)
         return self.overdue(now)
 
     def overdue(self, now: float) -> list[Task]:
+        """Running and paused (preempted) tasks whose attempt has outlived its ``timeout_s``."""
         out: list[Task] = []
         for run in self.running.values():
             for t in run.values():
                 if t.timeout_s is not None and now - t.started_at > t.timeout_s:
                     out.append(t)
+        for t in self._paused.values():
+            if t.timeout_s is not None and now - t.started_at > t.timeout_s:
+                out.append(t)
         return out
 
     def next_wakeup(self) -> float:
@@ -537,6 +566,9 @@ class SchedulerCore:
             "completed": self.completed,
             "tiers": tiers,
             "levels": {str(k): v for k, v in sorted(levels.items())},
-            "pools": {p: {"queued": len(q), "running": len(self.running[p])} for p, q in self.queues.items()},
+            "pools": {
+                p: {"queued": len(q), "running": len(self.running[p])}
+                for p, q in self.queues.items()
+            },
             "fair_share": self.fair.snapshot(),
         }

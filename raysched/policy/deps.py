@@ -88,3 +88,17 @@ class DependencyGraph:
 
     def ancestors_waiting(self, tid: str) -> set[str]:
         return set(self.waiting.get(tid, ()))
+
+    def descendants(self, tid: str) -> list[str]:
+        """Tasks waiting (transitively) on ``tid``."""
+        out: list[str] = []
+        seen: set[str] = set()
+        stack = list(self.children.get(tid, ()))
+        while stack:
+            c = stack.pop()
+            if c in seen or c not in self.waiting:
+                continue
+            seen.add(c)
+            out.append(c)
+            stack.extend(self.children.get(c, ()))
+        return out

@@ -41,7 +41,9 @@ class FairShare:
             self.active[tenant] = n
 
     def charge(self, tenant: str, service: float) -> None:
-        c = self.counters[tenant] = self.counters.get(tenant, 0.0) + service / self.weights.get(tenant, 1.0)
+        c = self.counters[tenant] = self.counters.get(tenant, 0.0) + service / self.weights.get(
+            tenant, 1.0
+        )
         if c > self._hi or tenant in self.active:
             self._dirty = True
 

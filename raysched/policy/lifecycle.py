@@ -47,7 +47,9 @@ class Lifecycle:
     """Applies transitions. Hooks are called synchronously, so keep them cheap; when no hook is
     installed no event object is built (the replay's hot path)."""
 
-    def __init__(self, hooks: list[AuditHook] | None = None, on_refused: Callable[[str], None] | None = None):
+    def __init__(
+        self, hooks: list[AuditHook] | None = None, on_refused: Callable[[str], None] | None = None
+    ):
         self.hooks: list[AuditHook] = list(hooks or [])
         self._on_refused = on_refused
 

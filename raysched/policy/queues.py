@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import enum
 import heapq
-from bisect import bisect_left
 import math
 from abc import ABC, abstractmethod
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable, Iterator
 
@@ -266,8 +266,9 @@ class SRPTQueue(TaskQueue):
         h = self._heap
         while h:
             e = h[0]
-            if e[2].qkey is e:
-                return e[2]
+            t: Task = e[2]
+            if t.qkey is e:
+                return t
             _heappop(h)
         return None
 
@@ -417,6 +418,7 @@ class MLFQQueue(_DequeBuckets):
             order.popleft()
             t.qkey = None  # the old entry goes stale; the task moves to a boosted band
             self._n -= 1
+            t.quantum_used = 0.0  # a fresh quantum at its new level
             # Up to level 0, or to the first level whose quantum covers resuming it elsewhere;
             # either way it waits in its tier's boosted bucket (level 0, band 0), ahead of all
             # unboosted work of the tier: keyed at a deeper level it would stay behind a steady

@@ -103,8 +103,10 @@ class Scorer:
             u = 1.0 - (task.deadline - now) / self.urg_h
             s += w.urgency * (1.0 if u > 1.0 else (u if u > 0.0 else 0.0))
         if w.size:
-            known = task.size_hint if task.size_hint is not None else (
-                task.prompt_tokens * self.cost.prefill_s_per_token
+            known = (
+                task.size_hint
+                if task.size_hint is not None
+                else (task.prompt_tokens * self.cost.prefill_s_per_token)
             )
             s += w.size / (1.0 + known / self.size_scale)
         if w.depth and task.depth:

@@ -22,11 +22,19 @@ log = logging.getLogger("raysched")
 
 
 class _WorkerActor:
-    def __init__(self, worker_id: str, pool: dict[str, Any], aliases: dict[str, str], sched: str, ns: str):
+    def __init__(
+        self, worker_id: str, pool: dict[str, Any], aliases: dict[str, str], sched: str, ns: str
+    ):
         p = PoolSettings.model_validate(pool)
         self._sched_name, self._ns = sched, ns
         self._sched: Any = None
-        self.core = WorkerCore(worker_id, default_registry(aliases), self._report, slots=p.slots, max_paused=p.max_paused)
+        self.core = WorkerCore(
+            worker_id,
+            default_registry(aliases),
+            self._report,
+            slots=p.slots,
+            max_paused=p.max_paused,
+        )
 
     async def _report(self, wid: str, events: list[dict[str, Any]]) -> None:
         try:
@@ -80,13 +88,17 @@ class RaySpawner:
         if pool.memory:
             opts["memory"] = pool.memory
         return WorkerActor.options(**opts).remote(
-            worker_id, pool.model_dump(), self.settings.handlers, self.settings.actor_name, self.settings.namespace
+            worker_id,
+            pool.model_dump(),
+            self.settings.handlers,
+            self.settings.actor_name,
+            self.settings.namespace,
         )
 
     def kill(self, handle: Any) -> None:
         try:
             ray.kill(handle, no_restart=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.info("kill: %s", exc)
 
     def ready(self, handle: Any) -> Any:
@@ -119,7 +131,9 @@ class _SchedulerActor:
         await self.svc.start()
         return {"ok": True, "settings": self.settings.model_dump(mode="json")}
 
-    async def submit(self, specs: list[dict[str, Any]], tenant: str | None = None) -> dict[str, Any]:
+    async def submit(
+        self, specs: list[dict[str, Any]], tenant: str | None = None
+    ) -> dict[str, Any]:
         await self.svc.start()
         return await self.svc.submit(specs, tenant)
 
@@ -148,6 +162,9 @@ class _SchedulerActor:
         await self.svc.refresh_telemetry()
         return await self.svc.stats()
 
+    async def progress(self) -> dict[str, int]:
+        return self.svc.progress()
+
     async def report(self, wid: str, events: list[dict[str, Any]]) -> int:
         return await self.svc.report(wid, events)
 
@@ -163,13 +180,17 @@ def _reap_workers(namespace: str) -> None:
     the durability layer lands, lost with the old instance's memory)."""
     try:
         names = ray.util.list_named_actors(all_namespaces=True)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return
     for entry in names:
-        if isinstance(entry, dict) and entry.get("namespace") == namespace and str(entry.get("name", "")).startswith("raysched-w-"):
+        if (
+            isinstance(entry, dict)
+            and entry.get("namespace") == namespace
+            and str(entry.get("name", "")).startswith("raysched-w-")
+        ):
             try:
                 ray.kill(ray.get_actor(entry["name"], namespace=namespace), no_restart=True)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
 
@@ -184,7 +205,7 @@ def get_scheduler(settings: Settings) -> Any:
 
 def start_scheduler(settings: Settings) -> Any:
     """Create (or find) the detached scheduler actor and wait until it is ready."""
-    handle = SchedulerActor.options(
+    handle: Any = SchedulerActor.options(
         name=settings.actor_name,
         namespace=settings.namespace,
         lifetime="detached",

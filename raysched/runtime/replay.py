@@ -60,7 +60,9 @@ def replay_on_ray(
     s = settings.model_copy(
         update={
             "namespace": f"raysched-replay-{uuid.uuid4().hex[:8]}",
-            "pools": [PoolSettings(name="default", min_workers=workers, max_workers=workers, slots=1)],
+            "pools": [
+                PoolSettings(name="default", min_workers=workers, max_workers=workers, slots=1)
+            ],
         }
     )
     with local_session(s) as client:

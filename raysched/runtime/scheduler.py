@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -39,6 +40,15 @@ class WorkerSpawner(Protocol):
     def assign(self, handle: Any, items: list[tuple[str, str, Any, int]]) -> Awaitable[Any]: ...
     def stop(self, handle: Any, tid: str, kind: str) -> Awaitable[Any]: ...
     def telemetry(self, handle: Any) -> Awaitable[Any]: ...
+
+
+def _rss_mb() -> float | None:
+    try:
+        import psutil
+
+        return float(psutil.Process().memory_info().rss) / (1 << 20)
+    except Exception:
+        return None
 
 
 def error_dict(exc: BaseException) -> dict[str, Any]:
@@ -87,6 +97,8 @@ class SchedulerService:
         self._reserved: dict[str, tuple[Task, str]] = {}  # victim id -> (incoming, worker id)
         self._stopping: dict[str, str] = {}  # task id -> "pause" | "cancel"
         self._zombies: set[str] = set()  # old attempts not yet confirmed stopped
+        self._gpu_requests = 0
+        self._waits: dict[str, deque[float]] = {}  # recent first-start waits per tier
         self._started = False
         self._loop_task: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Task[Any]] = set()
@@ -124,7 +136,7 @@ class SchedulerService:
             w.telemetry = dict(info.get("telemetry", {})) if isinstance(info, dict) else {}
             self._kick()
             await self.spawner.lease(w.handle)
-        except Exception as exc:  # noqa: BLE001 - any actor death / creation failure
+        except Exception as exc:
             log.warning("worker %s lost: %s", w.id, exc)
         self._worker_gone(w, "worker died")
 
@@ -138,8 +150,8 @@ class SchedulerService:
             if t is not None and t.state is S.RUNNING and t.worker == w.id:
                 self._stopping.pop(tid, None)
                 self._release_reservation(tid, now)
-                self.core.lost(t, now, reason)
                 self._notify(t)
+                self._notify_all(self.core.lost(t, now, reason))
         for t in self.core.tasks.values():
             if t.home == w.id:
                 t.home = None  # its paused state died with the worker
@@ -182,8 +194,11 @@ class SchedulerService:
             self._zombies.add(t.id)
         self._release_reservation(t.id, now)
         self._drop_paused(t)
-        self.core.finish(t, now, ok=False, error_type="TimeoutError", error=msg, timed_out=True)
+        changed = self.core.finish(
+            t, now, ok=False, error_type="TimeoutError", error=msg, timed_out=True
+        )
         self._notify(t)
+        self._notify_all(changed)
 
     def _check_kills(self, now: float) -> None:
         for w in list(self.workers.values()):
@@ -257,9 +272,7 @@ class SchedulerService:
 
     def _accept_for(self, pool: PoolSettings) -> Callable[[_Worker], Callable[[Task], bool]] | None:
         zombies = self._zombies
-        if not zombies and pool.gpu_memory_mb is None and not any(
-            t.gpu_memory_mb for t in self.core.queues[pool.name]
-        ):
+        if not zombies and not self._gpu_requests:
             return None
 
         def for_worker(w: _Worker) -> Callable[[Task], bool]:
@@ -284,6 +297,8 @@ class SchedulerService:
         items = []
         for t in tasks:
             w.running.add(t.id)
+            if t.first_start == now and t.attempts == 1 and not t.steps:
+                self._waits.setdefault(t.tier, deque(maxlen=10_000)).append(now - t.arrival)
             if t.home is not None and t.home != w.id:
                 self._drop_paused(t)
             t.home = None
@@ -295,7 +310,7 @@ class SchedulerService:
     async def _call(self, w: _Worker, aw: Awaitable[Any]) -> None:
         try:
             await aw
-        except Exception as exc:  # noqa: BLE001 - the watcher handles a dead worker
+        except Exception as exc:
             log.info("call to %s failed: %s", w.id, exc)
 
     def _preempt(self, pool: PoolSettings, now: float) -> None:
@@ -349,7 +364,14 @@ class SchedulerService:
         tid = ev["id"]
         kind = ev["t"]
         t = self.core.tasks.get(tid)
-        current = t is not None and t.state is S.RUNNING and t.worker == w.id and tid not in self._zombies
+        current = (
+            t is not None and t.state is S.RUNNING and t.worker == w.id and tid not in self._zombies
+        )
+        if current and t is not None and "ts0" in ev and t.attempts == 1 and not t.steps:
+            # the worker's own start time: started_at is when the handler began, not dispatch
+            t.first_start = max(t.arrival, float(ev["ts0"]))
+        if kind == "started":
+            return
         if kind == "step":
             if not current or t is None:
                 return
@@ -391,12 +413,15 @@ class SchedulerService:
         self._release_reservation(tid, now)
         self.core.account(t, float(ev.get("service", 0.0)), 0)
         if kind == "done":
-            self.core.finish(t, now, ok=True, result=ev.get("result"))
+            changed = self.core.finish(t, now, ok=True, result=ev.get("result"))
         elif kind == "fail":
-            self.core.finish(t, now, ok=False, error_type=ev.get("etype"), error=ev.get("msg"))
+            changed = self.core.finish(
+                t, now, ok=False, error_type=ev.get("etype"), error=ev.get("msg")
+            )
         else:  # "stopped" without our asking: the worker is shutting down
-            self.core.lost(t, now, "stopped by its worker")
-        self._notify_all_changed(t)
+            changed = self.core.lost(t, now, "stopped by its worker")
+        self._notify(t)
+        self._notify_all(changed)
 
     def _append_outputs(self, t: Task, outs: list[tuple[int, Any]]) -> None:
         if not outs:
@@ -409,16 +434,9 @@ class SchedulerService:
                 last = idx
         self._notify(t)
 
-    def _notify_all_changed(self, t: Task) -> None:
-        self._notify(t)
-        for cid in self.core.deps.children.get(t.id, ()):
-            c = self.core.tasks.get(cid)
-            if c is not None:
-                self._notify(c)
-        if t.state.terminal:
-            for c in self.core.tasks.values():
-                if c.state is S.FAILED and c.error_type == "DependencyFailed" and t.id in c.depends_on:
-                    self._notify(c)
+    def _notify_all(self, tasks: list[Task]) -> None:
+        for t in tasks:
+            self._notify(t)
 
     def _notify(self, t: Task) -> None:
         ev = self._changed.pop(t.id, None)
@@ -426,7 +444,9 @@ class SchedulerService:
             ev.set()
 
     # -- client API -----------------------------------------------------------------------------
-    async def submit(self, specs: list[dict[str, Any]], tenant: str | None = None) -> dict[str, Any]:
+    async def submit(
+        self, specs: list[dict[str, Any]], tenant: str | None = None
+    ) -> dict[str, Any]:
         """Accept a batch all or nothing. Returns {"ids", "states"} or {"error": {...}}."""
         now = self.clock()
         try:
@@ -481,6 +501,8 @@ class SchedulerService:
         if spec.resources.gpu_memory_mb is not None:
             t.gpu_memory_mb = spec.resources.gpu_memory_mb
         t.preemptible = bool(self.registry.stepwise(spec.kind))
+        if t.gpu_memory_mb is not None:
+            self._gpu_requests += 1  # from now on dispatch checks placement (the slower path)
         return t
 
     def _route(self, kind: str) -> str:
@@ -550,6 +572,7 @@ class SchedulerService:
             return error_dict(TaskNotFound(f"no task {tid}"))
         was_running = t.state is S.RUNNING
         wid = t.worker
+        waiting = [self.core.tasks[c] for c in self.core.deps.descendants(tid)]
         if not self.core.cancel(tid, now):
             return {"cancelled": False, "state": t.state.value}
         if was_running and wid is not None:
@@ -557,7 +580,8 @@ class SchedulerService:
             self._zombies.add(tid)
         self._release_reservation(tid, now)
         self._drop_paused(t)
-        self._notify_all_changed(t)
+        self._notify(t)
+        self._notify_all(waiting)
         self._dispatch(now)
         return {"cancelled": True, "state": t.state.value}
 
@@ -570,14 +594,18 @@ class SchedulerService:
             out.append(self.status(tid))
         return out
 
+    def progress(self) -> dict[str, int]:
+        """Cheap counters for polling (``stats`` walks the queues)."""
+        return {
+            "completed": self.core.completed,
+            "live": self.core.live,
+            "dispatched": self.dispatched,
+        }
+
     async def stats(self) -> dict[str, Any]:
         s = self.core.stats()
-        waits: dict[str, list[float]] = {}
-        for t in self.core.tasks.values():
-            if t.first_start is not None:
-                waits.setdefault(t.tier, []).append(t.first_start - t.arrival)
-        for tier, ws in waits.items():
-            ws.sort()
+        for tier, recent in self._waits.items():
+            ws = sorted(recent)
             d = s["tiers"].setdefault(tier, {"queued": 0, "running": 0})
             d["started"] = len(ws)
             d["p50_wait_s"] = ws[len(ws) // 2]
@@ -588,9 +616,13 @@ class SchedulerService:
             p["ready_workers"] = sum(1 for w in ws_ if w.ready)
             p["slots"] = sum(w.pool.slots for w in ws_)
             p["busy_slots"] = sum(len(w.running) for w in ws_)
-        s["workers"] = {w.id: {"pool": w.pool.name, "ready": w.ready, "running": len(w.running), **w.telemetry} for w in self.workers.values()}
+        s["workers"] = {
+            w.id: {"pool": w.pool.name, "ready": w.ready, "running": len(w.running), **w.telemetry}
+            for w in self.workers.values()
+        }
         s["dispatched"] = self.dispatched
         s["uptime_s"] = self.clock() - self.started_at
+        s["rss_mb"] = _rss_mb()
         return s
 
     async def refresh_telemetry(self) -> None:
@@ -598,7 +630,7 @@ class SchedulerService:
             if w.ready:
                 try:
                     w.telemetry = dict(await self.spawner.telemetry(w.handle))
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
 
     async def shutdown(self) -> int:

@@ -22,7 +22,7 @@ def _nvml() -> Any:
         try:
             pynvml.nvmlInit()
             _nvml_ok = True
-        except Exception:  # noqa: BLE001 - NVMLError_LibraryNotFound and friends
+        except Exception:
             _nvml_ok = False
     return pynvml if _nvml_ok else None
 
@@ -34,7 +34,7 @@ def assigned_gpu_ids() -> list[str]:
 
         if ray.is_initialized():
             return [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     env = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     return [x for x in env.split(",") if x.strip()]
@@ -65,6 +65,6 @@ def gpu_telemetry() -> dict[str, Any]:
                     "mem_free_mb": int(mem.free) // (1 << 20),
                 }
             )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return {"gpu": f"unavailable: {exc}", "gpu_ids": ids}
     return {"gpu": "nvml", "gpu_ids": ids, "gpus": gpus}

@@ -11,7 +11,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ class _Run:
     handler: Handler
     stop: threading.Event = field(default_factory=threading.Event)
     stop_kind: str = ""  # "pause" | "cancel"
-    gen: Iterator[Any] | None = None
+    gen: Generator[Any, Any, Any] | None = None
     steps: int = 0
 
 
@@ -134,7 +134,7 @@ class WorkerCore:
             # Consecutive plain tasks run back to back in one thread hop (the cheap path).
             try:
                 h = self.registry.resolve(a.kind)
-            except Exception as exc:  # noqa: BLE001 - reported to the scheduler as a failure
+            except Exception as exc:
                 self._emit({"t": "fail", "id": a.id, "etype": type(exc).__name__, "msg": str(exc)})
                 continue
             if h.stepwise:
@@ -144,7 +144,7 @@ class WorkerCore:
                 nxt = self._inbox.get_nowait()
                 try:
                     hn = self.registry.resolve(nxt.kind)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     self._inbox.put_nowait(nxt)  # reported on its own turn
                     break
                 if hn.stepwise:
@@ -165,11 +165,18 @@ class WorkerCore:
                     loop.call_soon_threadsafe(self._emit, {"t": "stopped", "id": r.a.id})
                     continue
                 t0 = time.perf_counter()
+                ts0 = time.time()
                 try:
                     value = r.handler.fn(r.a.payload)
-                    ev = {"t": "done", "id": r.a.id, "result": value}
-                except Exception as exc:  # noqa: BLE001 - the handler's error is the task's outcome
-                    ev = {"t": "fail", "id": r.a.id, "etype": type(exc).__name__, "msg": str(exc)}
+                    ev = {"t": "done", "id": r.a.id, "result": value, "ts0": ts0}
+                except Exception as exc:
+                    ev = {
+                        "t": "fail",
+                        "id": r.a.id,
+                        "etype": type(exc).__name__,
+                        "msg": str(exc),
+                        "ts0": ts0,
+                    }
                 ev["service"] = time.perf_counter() - t0
                 loop.call_soon_threadsafe(self._finish, r, ev)
 
@@ -188,7 +195,7 @@ class WorkerCore:
                 else:
                     run.gen = h.fn(a.payload)
                     skip = a.steps_done  # re-run from scratch; outputs up to here were delivered
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self._emit({"t": "fail", "id": a.id, "etype": type(exc).__name__, "msg": str(exc)})
                 return
         else:
@@ -200,13 +207,19 @@ class WorkerCore:
         assert gen is not None
 
         def drive() -> dict[str, Any]:
+            loop.call_soon_threadsafe(self._started, a.id, time.time())
             while not run.stop.is_set():
                 t0 = time.perf_counter()
                 try:
                     v = next(gen)
                 except StopIteration as stop:
-                    return {"t": "done", "id": a.id, "result": stop.value, "service": time.perf_counter() - t0}
-                except Exception as exc:  # noqa: BLE001
+                    return {
+                        "t": "done",
+                        "id": a.id,
+                        "result": stop.value,
+                        "service": time.perf_counter() - t0,
+                    }
+                except Exception as exc:
                     return {
                         "t": "fail",
                         "id": a.id,
@@ -216,7 +229,9 @@ class WorkerCore:
                     }
                 run.steps += 1
                 out = v if run.steps > skip else None
-                loop.call_soon_threadsafe(self._step, a.id, run.steps, time.perf_counter() - t0, out)
+                loop.call_soon_threadsafe(
+                    self._step, a.id, run.steps, time.perf_counter() - t0, out
+                )
             return {"t": "paused" if run.stop_kind == "pause" else "stopped", "id": a.id}
 
         ev = await asyncio.to_thread(drive)
@@ -239,6 +254,10 @@ class WorkerCore:
         self._emit(ev)
 
     # -- reporting --------------------------------------------------------------------------
+    def _started(self, tid: str, ts: float) -> None:
+        self._events.append({"t": "started", "id": tid, "ts0": ts})
+        self._wake.set()
+
     def _step(self, tid: str, step_index: int, service: float, out: Any) -> None:
         acc = self._acc.get(tid)
         if acc is None:
@@ -252,7 +271,9 @@ class WorkerCore:
     def _emit(self, ev: dict[str, Any]) -> None:
         acc = self._acc.pop(ev["id"], None)
         if acc is not None:  # progress first: it happened before this event
-            self._events.append({"t": "step", "id": ev["id"], "steps": acc[0], "service": acc[1], "out": acc[2]})
+            self._events.append(
+                {"t": "step", "id": ev["id"], "steps": acc[0], "service": acc[1], "out": acc[2]}
+            )
         self._events.append(ev)
         self._wake.set()
 
@@ -276,6 +297,6 @@ class WorkerCore:
             try:
                 await self._report(self.id, backlog)
                 backlog = []
-            except Exception:  # noqa: BLE001 - scheduler restarting: keep and retry
+            except Exception:
                 await asyncio.sleep(0.2)
                 self._wake.set()

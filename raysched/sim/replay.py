@@ -176,7 +176,10 @@ class VirtualReplay:
         self.oracle = self.core.policy is Policy.SRPT
 
     def _total(self, rec: TraceRecord) -> float:
-        return rec.prompt_tokens * self.cost.prefill_s_per_token + rec.output_tokens * self.cost.decode_s_per_token
+        return (
+            rec.prompt_tokens * self.cost.prefill_s_per_token
+            + rec.output_tokens * self.cost.decode_s_per_token
+        )
 
     def run(self) -> Summary:
         core, cost = self.core, self.cost
@@ -227,7 +230,7 @@ class VirtualReplay:
             nonlocal seq
             done = progress.get(t.id, 0.0)
             left = total[t.id] - done
-            budget = (q.quantum_of(t.level) - t.quantum_used) * qs
+            budget = max(0.0, q.quantum_of(t.level) - t.quantum_used) * qs
             head = q.peek()
             hr = q.preempt_rank(head) if head is not None else None
             lvl = t.level
@@ -240,7 +243,11 @@ class VirtualReplay:
                     break
                 lvl = nl
                 budget += q.quantum_of(nl) * qs
-            target = total[t.id] if budget >= left else min(total[t.id], boundary_after(t, done + budget))
+            target = (
+                total[t.id]
+                if budget >= left
+                else min(total[t.id], boundary_after(t, done + budget))
+            )
             w.chunk_start = now
             w.extra = extra
             w.run_service = target - done + extra
@@ -289,7 +296,9 @@ class VirtualReplay:
                         w.task.remaining_hint = total[w.task.id] - done_now
             nonlocal now_
             now_ = now
-            signalled = [w.task.id for w in workers if w.reserved is not None and w.task is not None]
+            signalled = [
+                w.task.id for w in workers if w.reserved is not None and w.task is not None
+            ]
             running_on.clear()
             running_on.update({w.task.id: w for w in workers if w.task is not None})
 
@@ -325,10 +334,10 @@ class VirtualReplay:
         while events:
             now, _, kind, data = heapq.heappop(events)
             if kind == _ARRIVAL:
-                rec: TraceRecord = data
-                t = task_from_record(rec, tiers)
-                total[t.id] = self._total(rec)
-                prefill[t.id] = rec.prompt_tokens * pre
+                arriving: TraceRecord = data
+                t = task_from_record(arriving, tiers)
+                total[t.id] = self._total(arriving)
+                prefill[t.id] = arriving.prompt_tokens * pre
                 t.remaining_hint = total[t.id]
                 tasks.append(t)
                 core.submit(t, now)

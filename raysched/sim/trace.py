@@ -30,9 +30,10 @@ class TraceError(ValidationFailed):
 
 
 def read_trace(path: str | Path, tiers: Mapping[str, int] = DEFAULT_TIERS) -> list[TraceRecord]:
-    """Parse and validate a JSONL trace. Ids must be unique and parents must come earlier."""
+    """Parse and validate a JSONL trace. Ids must be unique and parents must come earlier, in the
+    file and in time (the replay submits tasks in arrival order)."""
     out: list[TraceRecord] = []
-    seen: set[str] = set()
+    seen: dict[str, float] = {}  # id -> arrival_s
     p = str(path)
     try:
         fh = open(path, encoding="utf-8")  # noqa: SIM115
@@ -59,7 +60,11 @@ def read_trace(path: str | Path, tiers: Mapping[str, int] = DEFAULT_TIERS) -> li
             for d in rec.depends_on:
                 if d not in seen:
                     raise TraceError(p, no, line, f"depends on {d!r}, which does not come earlier")
-            seen.add(rec.id)
+                if seen[d] > rec.arrival_s:
+                    raise TraceError(
+                        p, no, line, f"depends on {d!r}, which arrives later ({seen[d]} s)"
+                    )
+            seen[rec.id] = rec.arrival_s
             out.append(rec)
     out.sort(key=lambda r: r.arrival_s)  # stable: file order breaks ties
     return out

@@ -25,7 +25,7 @@ def _task(state: TaskState) -> Task:
 
 def test_table_covers_every_state_and_matches_contract() -> None:
     assert set(ALLOWED) == set(TaskState)
-    assert ALLOWED == {
+    assert {
         S.PENDING: {S.QUEUED, S.CANCELLED, S.FAILED},
         S.QUEUED: {S.RUNNING, S.CANCELLED},
         S.RUNNING: {S.PREEMPTED, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.TIMED_OUT},
@@ -34,7 +34,7 @@ def test_table_covers_every_state_and_matches_contract() -> None:
         S.TIMED_OUT: {S.QUEUED},
         S.SUCCEEDED: set(),
         S.CANCELLED: set(),
-    }
+    } == ALLOWED
 
 
 def test_contract_shape() -> None:
@@ -100,7 +100,9 @@ def test_created_event() -> None:
     log = LogAudit()
     t = _task(S.PENDING)
     Lifecycle([log]).created(t, 4.0)
-    assert log.events == [AuditEvent(task_id="t1", src=None, dst=S.PENDING, at=4.0, reason="submitted")]
+    assert log.events == [
+        AuditEvent(task_id="t1", src=None, dst=S.PENDING, at=4.0, reason="submitted")
+    ]
 
 
 def test_log_audit_is_bounded() -> None:
@@ -118,8 +120,19 @@ def test_full_happy_path_with_retry() -> None:
     log = LogAudit()
     lc = Lifecycle([log])
     t = _task(S.PENDING)
-    path = [S.QUEUED, S.RUNNING, S.PREEMPTED, S.RUNNING, S.FAILED, S.QUEUED, S.RUNNING,
-            S.TIMED_OUT, S.QUEUED, S.RUNNING, S.SUCCEEDED]
+    path = [
+        S.QUEUED,
+        S.RUNNING,
+        S.PREEMPTED,
+        S.RUNNING,
+        S.FAILED,
+        S.QUEUED,
+        S.RUNNING,
+        S.TIMED_OUT,
+        S.QUEUED,
+        S.RUNNING,
+        S.SUCCEEDED,
+    ]
     for i, dst in enumerate(path):
         lc.move(t, dst, float(i))
     assert [e.dst for e in log.events] == path

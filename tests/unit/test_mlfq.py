@@ -16,8 +16,9 @@ _seq = itertools.count(1)
 BATCH, INTERACTIVE = 5, 1
 
 
-def mk(tid: str, prio: int = BATCH, prompt: int = 10, *, at: float = 0.0,
-       hint: float | None = None) -> Task:
+def mk(
+    tid: str, prio: int = BATCH, prompt: int = 10, *, at: float = 0.0, hint: float | None = None
+) -> Task:
     return Task(tid, prio, at, next(_seq), prompt, "a", "", "simulate", "default", hint, None)
 
 
@@ -60,7 +61,13 @@ def test_custom_schedule(levels: int, base: float, ratio: float) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"levels": 0}, {"base_quantum": 0.0}, {"base_quantum": -1.0}, {"ratio": 0.5}, {"unit": "hours"}],
+    [
+        {"levels": 0},
+        {"base_quantum": 0.0},
+        {"base_quantum": -1.0},
+        {"ratio": 0.5},
+        {"unit": "hours"},
+    ],
 )
 def test_level_schedule_validation(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):

@@ -164,8 +164,14 @@ def test_terminal_states() -> None:
 
 
 def test_trace_record_validation() -> None:
-    rec = TraceRecord(id="t1", arrival_s=0.013, tier="interactive", tenant="a",
-                      prompt_tokens=120, output_tokens=350)
+    rec = TraceRecord(
+        id="t1",
+        arrival_s=0.013,
+        tier="interactive",
+        tenant="a",
+        prompt_tokens=120,
+        output_tokens=350,
+    )
     assert rec.depends_on == () and rec.deadline_s is None
     with pytest.raises(ValidationError, match="not both"):
         TraceRecord(id="t1", arrival_s=0.0, tier="batch", priority=5)

@@ -42,8 +42,19 @@ class QueueMachine(RuleBasedStateMachine):
     # -- helpers ------------------------------------------------------------------------------
     def _new(self, prio: int, prompt: int, hint: float | None, tenant: str) -> Task:
         self.seq += 1
-        t = Task(f"t{self.seq}", prio, self.now, self.seq, prompt, tenant, "", "simulate",
-                 "default", None, None)
+        t = Task(
+            f"t{self.seq}",
+            prio,
+            self.now,
+            self.seq,
+            prompt,
+            tenant,
+            "",
+            "simulate",
+            "default",
+            None,
+            None,
+        )
         t.remaining_hint = hint
         self.q.admit(t)
         return t
@@ -70,6 +81,7 @@ class QueueMachine(RuleBasedStateMachine):
         elif self.policy is Policy.PRIORITY:
             assert (t.priority, self.added[t.id]) == min((x.priority, self.added[x.id]) for x in m)
         elif self.policy is Policy.SRPT:
+
             def key(x: Task) -> tuple[float, int]:
                 return (math.inf if x.remaining_hint is None else x.remaining_hint, x.seq)
 
@@ -171,7 +183,7 @@ def test_queue_state_machine(policy: Policy) -> None:
     run_state_machine_as_test(
         machine,
         settings=settings(
-            max_examples=80,
+            max_examples=120,
             stateful_step_count=30,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],

@@ -22,8 +22,15 @@ POLICIES = [p.value for p in Policy]
 _seq = itertools.count(1)
 
 
-def mk(tid: str, prio: int = 5, prompt: int = 10, *, hint: float | None = None,
-       at: float = 0.0, tenant: str = "a") -> Task:
+def mk(
+    tid: str,
+    prio: int = 5,
+    prompt: int = 10,
+    *,
+    hint: float | None = None,
+    at: float = 0.0,
+    tenant: str = "a",
+) -> Task:
     t = Task(tid, prio, at, next(_seq), prompt, tenant, "", "simulate", "default", None, None)
     t.remaining_hint = hint
     return t
@@ -227,8 +234,13 @@ def test_pop_batch_respects_tiers(policy: str) -> None:
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_add_batch_equals_sequential_add(policy: str) -> None:
-    specs = [("a", 5, 10, 3.0), ("b", 1, 300, 1.0), ("c", 5, 10, 2.0), ("d", 0, 5000, 0.5),
-             ("e", 1, 300, 1.0)]
+    specs = [
+        ("a", 5, 10, 3.0),
+        ("b", 1, 300, 1.0),
+        ("c", 5, 10, 2.0),
+        ("d", 0, 5000, 0.5),
+        ("e", 1, 300, 1.0),
+    ]
     q1, q2 = make_queue(policy), make_queue(policy)
     ts1 = [mk(i, p, n, hint=h) for i, p, n, h in specs]
     ts2 = [mk(i, p, n, hint=h) for i, p, n, h in specs]

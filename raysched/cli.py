@@ -4,6 +4,7 @@ failure, 2 bad usage or bad input (with the offending line), 3 scheduler unreach
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -34,7 +35,10 @@ def _root() -> None:
 
 
 def _die(code: int, msg: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True, soft_wrap=True)
+    from rich.markup import escape
+
+    # the message may quote the user's input: never read it as markup
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -153,6 +157,8 @@ def _client(address: str | None, config: Path | None, start: bool = False) -> An
         settings = Settings.load(config)
     except RayschedError as exc:
         _fail(exc)
+    # Ray 2.60 clusters from `ray start` use token auth; a CLI needs to say so to join one.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         return connect(address, settings=settings, start=start)
     except SchedulerUnavailable as exc:
@@ -176,7 +182,27 @@ def demo(
 
 @app.command()
 def start(address: Address = None, config: Config = None) -> None:
-    """Deploy the detached scheduler on a running Ray (or a new local one)."""
+    """Deploy the detached scheduler on a running Ray (or a new local one, via `ray start --head`,
+    that outlives this command; `ray stop` ends it)."""
+    import subprocess
+
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    try:
+        ray.init(address=address or "auto", log_to_driver=False)
+    except ConnectionError:
+        if address is not None:
+            _die(EXIT_UNREACHABLE, f"no Ray cluster at {address}")
+        err.print("no running Ray found: starting one with `ray start --head`")
+        r = subprocess.run(
+            ["ray", "start", "--head", "--disable-usage-stats", "--include-dashboard=false"],
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode != 0:
+            _die(EXIT_UNREACHABLE, f"`ray start --head` failed:\n{r.stderr[-2000:]}")
+        ray.init(address="auto", log_to_driver=False)
     c = _client(address, config, start=True)
     st = c.stats()
     out.print(

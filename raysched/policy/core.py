@@ -121,6 +121,16 @@ class SchedulerCore:
     def submit_many(self, batch: Sequence[Task], now: float) -> list[Task]:
         """All or nothing: either every new task in ``batch`` is accepted, or none is and a typed
         error says why. Duplicates (same id or idempotency key) resolve to the accepted task."""
+        if len(batch) == 1:  # the common case, without the batch bookkeeping
+            t = batch[0]
+            dup = self.find_duplicate(t)
+            if dup is not None:
+                return [dup]
+            self._admit_check((t,))
+            if t.depends_on:
+                DependencyGraph.check_batch({t.id: t.depends_on}, self.tasks)
+            self._accept(t, now)
+            return [t]
         out: list[Task | None] = []
         fresh: dict[str, Task] = {}
         keys: dict[tuple[str, str], str] = {}

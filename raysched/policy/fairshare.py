@@ -49,6 +49,8 @@ class FairShare:
 
     def factor(self, tenant: str) -> float:
         """1.0 for the least-served active tenant, 0.0 for the most-served one."""
+        if len(self.active) <= 1:
+            return 1.0
         if self._dirty:
             vals = [self.counters.get(t, 0.0) for t in self.active]
             self._lo, self._hi = (min(vals), max(vals)) if vals else (0.0, 0.0)

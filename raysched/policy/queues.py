@@ -325,6 +325,7 @@ class MLFQQueue(_DequeBuckets):
         self._quanta = [self.levels.quantum(p) for p in range(self.levels.levels)]
         self._last = self.levels.levels - 1
         self._prefill = self.cost.prefill_s_per_token
+        self._recompute = self.cost.recompute
         w = self.scorer.w
         self._band_scale = (_BANDS - 1) / max(w.urgency + w.age + w.size + w.depth + w.fair, 1e-9)
         self._score = self.scorer.score
@@ -396,6 +397,8 @@ class MLFQQueue(_DequeBuckets):
         # Down one level, and further if needed so that the new quantum covers what resuming
         # the task elsewhere would cost (skip-join applied to the recompute): otherwise a long
         # task preempted on short quanta spends more time recomputing than running.
+        if not self._recompute:
+            return level + 1 if level < self._last else level
         return max(
             min(level + 1, self._last),
             min(bisect_left(self._quanta, self.cost.recompute_s(task)), self._last),

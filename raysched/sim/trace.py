@@ -92,15 +92,18 @@ class TraceSpec:
     prefill_s_per_token: float = 0.0002
     decode_s_per_token: float = 0.01
     seed: int = 0
+    #: lognormal shape (sigma of the log) and Pareto tail index: the tail weight
+    sigma: float = 1.4
+    alpha: float = 1.3
 
     def output_tokens(self, rnd: random.Random, interactive: bool) -> int:
         if self.dist == "pareto":
-            # Pareto with alpha 1.3: heavy tail, finite mean.
+            # Pareto (alpha 1.3 by default): heavy tail, finite mean.
             scale = 20 if interactive else 60
-            return max(1, min(8000, int(scale * rnd.paretovariate(1.3))))
+            return max(1, min(8000, int(scale * rnd.paretovariate(self.alpha))))
         if self.dist == "lognormal":
             mu = math.log(40) if interactive else math.log(150)
-            return max(1, min(8000, int(rnd.lognormvariate(mu, 1.4))))
+            return max(1, min(8000, int(rnd.lognormvariate(mu, self.sigma))))
         raise ValueError(f"unknown dist {self.dist!r}")
 
 

@@ -25,7 +25,7 @@ class Wait:
 
     since: float  # its enqueued_at
     ended: float | None = None  # when it was dispatched again
-    older_at_boost: int = 0  # tasks queued since no later than it, when it became starved
+    older_at_boost: int | None = None  # tasks queued since no later than it, once starved
     overtakers: list[str] = field(default_factory=list)  # younger tasks dispatched past the bound
 
 
@@ -75,7 +75,7 @@ def simulate(
         # starved from the first tick at least ``starvation_s`` after it was enqueued (a tick
         # of slack: ``now - starvation_s`` is computed in floating point)
         starved = w is not None and now >= w.since + starvation_s + DT
-        if w is not None and starved and w.older_at_boost == 0:
+        if w is not None and starved and w.older_at_boost is None:
             w.older_at_boost = sum(
                 1 for t in core.queues[POOL] if t is not long_ and t.enqueued_at <= w.since
             )
@@ -106,7 +106,7 @@ def simulate(
 
 def check(waits: list[Wait], service: float, starvation_s: float, horizon: float) -> None:
     for w in waits:
-        deadline = w.since + starvation_s + w.older_at_boost * service + SLACK
+        deadline = w.since + starvation_s + (w.older_at_boost or 0) * service + SLACK
         if deadline < horizon - SLACK:
             assert w.ended is not None, f"the long task starved after waiting from {w.since}"
         if w.ended is not None:
@@ -119,7 +119,7 @@ def test_long_prompt_runs_within_starvation_bound() -> None:
     w = waits[0]
     assert w.ended is not None, "the long task starved"
     assert 15.0 - 1e-9 <= w.ended <= 15.0 + SLACK
-    assert w.older_at_boost == 0  # the initial backlog was served long before
+    assert not w.older_at_boost  # the initial backlog was served long before
     assert w.overtakers == []
     # it then ran one quantum of its (skip-join) level 2, 0.2 s, and yielded to short work again
     assert len(waits) == 2 and waits[1].since == pytest.approx(w.ended + 0.2)
@@ -135,7 +135,7 @@ def test_preempted_long_task_runs_again_within_bound() -> None:
     first = waits[0]
     assert first.since <= 0.1  # it ran one 0.05 s quantum, then yielded to a short task
     assert first.ended is not None, "the preempted long task starved"
-    assert first.ended <= first.since + 15.0 + first.older_at_boost * 0.04 + SLACK
+    assert first.ended <= first.since + 15.0 + (first.older_at_boost or 0) * 0.04 + SLACK
     check(waits, 0.04, 15.0, 20.0)
 
 

@@ -67,7 +67,7 @@ def raysched_throughput(n: int, workers: int = 2) -> float:
                 [{"kind": "echo", "payload": {"i": j}} for j in range(i, min(n, i + chunk))]
             )
         while c.progress()["completed"] - base < n:
-            time.sleep(0.05)
+            time.sleep(0.005)  # progress() is a cheap counter read; poll finely to stop the clock
         return n / (time.perf_counter() - t0)
     finally:
         c.shutdown()

@@ -17,6 +17,7 @@ from raysched.errors import (
     SchedulerUnavailable,
     TaskCancelled,
     TaskFailed,
+    TaskNotFound,
     ValidationFailed,
 )
 
@@ -47,7 +48,7 @@ def _fail(exc: Exception) -> NoReturn:
         _die(EXIT_UNREACHABLE, str(exc))
     if isinstance(exc, (TaskFailed, TaskCancelled)):
         _die(EXIT_FAILED, str(exc))
-    if isinstance(exc, (ValidationFailed, ValueError)):
+    if isinstance(exc, (ValidationFailed, ValueError, TaskNotFound)):
         _die(EXIT_USAGE, str(exc))
     _die(EXIT_FAILED, f"{type(exc).__name__}: {exc}")
 
@@ -181,9 +182,24 @@ def demo(
 
 
 @app.command()
-def start(address: Address = None, config: Config = None) -> None:
+def start(
+    address: Address = None,
+    config: Config = None,
+    http: Annotated[
+        bool, typer.Option("--http/--no-http", help="also deploy the HTTP API on Ray Serve")
+    ] = True,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: http.port)")] = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth",
+            help="local unauthenticated mode: no tokens, everyone is tenant 'default' with the "
+            "admin role; binds to 127.0.0.1",
+        ),
+    ] = False,
+) -> None:
     """Deploy the detached scheduler on a running Ray (or a new local one, via `ray start --head`,
-    that outlives this command; `ray stop` ends it)."""
+    that outlives this command; `ray stop` ends it), and the HTTP API on Ray Serve."""
     import subprocess
 
     import ray
@@ -208,6 +224,68 @@ def start(address: Address = None, config: Config = None) -> None:
     out.print(
         f"scheduler {c.settings.actor_name!r} running in namespace {c.settings.namespace!r}; "
         f"pools: {', '.join(st['pools'])}"
+    )
+    if http:
+        _start_http(c.settings, port, no_auth)
+
+
+def _start_http(settings: Any, port: int | None, no_auth: bool) -> None:
+    from pydantic import ValidationError
+
+    from raysched.http.auth import TokenStore
+    from raysched.http.serve import deploy
+    from raysched.settings import HTTPSettings
+
+    upd: dict[str, Any] = {}
+    if port is not None:
+        upd["port"] = port
+    if no_auth:
+        upd["auth"], upd["host"] = False, "127.0.0.1"
+    try:
+        h = HTTPSettings.model_validate({**settings.http.model_dump(), **upd})
+        s = settings.model_copy(update={"http": h})
+        if h.auth and not TokenStore.read(s.tokens_path()):
+            err.print(
+                f"no HTTP tokens in {s.tokens_path()} yet: every request gets 401 until you run "
+                "`raysched token create --tenant NAME`"
+            )
+        url = deploy(s)
+    except (ValidationError, ValidationFailed) as exc:
+        _die(EXIT_USAGE, str(exc))
+    except Exception as exc:  # Serve start-up: port taken, proxy failure
+        _die(EXIT_FAILED, f"HTTP API not deployed: {type(exc).__name__}: {exc}")
+    mode = "token auth" if h.auth else "UNAUTHENTICATED local mode"
+    out.print(f"HTTP API at {url} ({mode}, {h.num_replicas} replica(s))")
+
+
+token_app = typer.Typer(no_args_is_help=True, help="HTTP bearer tokens.")
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    tenant: Annotated[str, typer.Option(help="the tenant this token acts for")],
+    admin: Annotated[bool, typer.Option("--admin", help="may see every tenant's tasks")] = False,
+    tokens_file: Annotated[
+        Path | None, typer.Option(help="tokens file (default: http.tokens_file)")
+    ] = None,
+    config: Config = None,
+) -> None:
+    """Add a token to the tokens file (which keeps only a salted hash) and print it, once."""
+    from raysched.http.auth import TokenStore
+    from raysched.settings import Settings
+
+    try:
+        path = tokens_file or Settings.load(config).tokens_path()
+        token, rec = TokenStore.add(path, tenant, admin=admin)
+    except RayschedError as exc:
+        _fail(exc)
+    except OSError as exc:
+        _die(EXIT_USAGE, f"cannot write tokens file: {exc}")
+    print(token)
+    err.print(
+        f"token {rec.id} for tenant {rec.tenant!r}{' (admin)' if admin else ''} added to {path}; "
+        "it is shown only now"
     )
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from pydantic import ValidationError
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from raysched.errors import (
@@ -106,25 +105,17 @@ class Client:
         return self.submit_batch([spec])[0]
 
     def submit_batch(self, tasks: Sequence[Mapping[str, Any] | TaskSpec]) -> list[str]:
-        """One round trip; all or nothing."""
-        specs = []
+        """One round trip; all or nothing. Task ids are made here; the scheduler validates every
+        spec (a bad one raises ValidationFailed, and nothing of the batch is accepted)."""
+        specs: list[dict[str, Any]] = []
         for t in tasks:
-            try:
-                spec = (
-                    t
-                    if isinstance(t, TaskSpec)
-                    else TaskSpec.model_validate(
-                        {k: v for k, v in t.items() if v is not None},
-                        context={"tiers": self.settings.policy.tiers},
-                    )
-                )
-            except ValidationError as exc:
-                e = exc.errors()[0]
-                loc = ".".join(str(x) for x in e["loc"]) or "task"
-                raise ValidationFailed(f"{loc}: {e['msg']}") from None
-            if "id" not in spec.model_fields_set and not isinstance(t, TaskSpec):
-                spec = spec.model_copy(update={"id": new_task_id()})
-            specs.append(spec.model_dump(mode="json", exclude_none=True))
+            if isinstance(t, TaskSpec):
+                specs.append(t.model_dump(mode="json", exclude_none=True))
+                continue
+            d = {k: v for k, v in t.items() if v is not None}
+            if "id" not in d:
+                d["id"] = new_task_id()
+            specs.append(d)
         resp = self._call("submit", specs)
         ids: list[str] = resp["ids"]
         return ids

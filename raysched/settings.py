@@ -7,16 +7,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from raysched.errors import ValidationFailed
-from raysched.models import DEFAULT_TIERS
+from raysched.models import DEFAULT_TIERS, MAX_PAYLOAD_BYTES
 from raysched.policy.levels import LevelSchedule
 from raysched.policy.queues import Policy
 from raysched.policy.scoring import PROFILES, CostModel, Weights
 
-__all__ = ["MLFQSettings", "PolicySettings", "PoolSettings", "ScorerSettings", "Settings"]
+__all__ = [
+    "HTTPSettings",
+    "MLFQSettings",
+    "PolicySettings",
+    "PoolSettings",
+    "ScorerSettings",
+    "Settings",
+]
+
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class MLFQSettings(BaseModel):
@@ -108,6 +117,57 @@ class PoolSettings(BaseModel):
         return v
 
 
+class HTTPSettings(BaseModel):
+    """The Serve ingress (CONTRACT.md section 4)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    app_name: str = Field(default="raysched", min_length=1)
+    route_prefix: str = "/"
+    num_replicas: int = Field(default=1, ge=1, le=1000)
+    #: The ingress only waits on the scheduler, so by default it reserves no CPU.
+    replica_num_cpus: float = Field(default=0.0, ge=0)
+    #: Serve's default (5) would queue long polls and event streams behind each other.
+    max_ongoing_requests: int = Field(default=1000, ge=1)
+    #: False is the local unauthenticated mode: every request is tenant "default" with the admin
+    #: role, so it binds to 127.0.0.1 only.
+    auth: bool = True
+    #: JSON file of salted token hashes (``raysched token create``); default
+    #: ``<state_dir>/tokens.json``.
+    tokens_file: str | None = None
+    max_body_bytes: int = Field(default=4 << 20, ge=1024)
+    max_payload_bytes: int = Field(default=MAX_PAYLOAD_BYTES, ge=2, le=MAX_PAYLOAD_BYTES)
+    max_batch: int = Field(default=1000, ge=1, le=100_000)
+    #: Per-tenant submission rate (tasks/s) enforced in each ingress replica: with N replicas the
+    #: cluster-wide ceiling is N times this. None: no rate limit (the queued-task quota,
+    #: ``policy.max_queued_per_tenant``, still applies in the scheduler).
+    submissions_per_s: float | None = Field(default=None, gt=0)
+    #: Tasks a tenant may submit at once above the rate (default: one second's worth).
+    submissions_burst: int | None = Field(default=None, ge=1)
+    #: Longest ``GET /v1/tasks/{id}/result?wait=S`` honoured.
+    max_wait_s: float = Field(default=60.0, gt=0)
+    #: How often an event stream asks the scheduler for news when no step output arrives.
+    events_poll_s: float = Field(default=0.5, gt=0)
+    #: An event stream closes after this long; the client resumes with ``Last-Event-ID``.
+    events_max_s: float = Field(default=3600.0, gt=0)
+    events_keepalive_s: float = Field(default=15.0, gt=0)
+    #: Deadline of one call to the scheduler actor (long polls add their own wait).
+    call_timeout_s: float = Field(default=30.0, gt=0)
+    #: How long a request retries while the scheduler actor restarts before answering 503.
+    unavailable_retry_s: float = Field(default=3.0, ge=0)
+
+    @model_validator(mode="after")
+    def _local_only_without_auth(self) -> HTTPSettings:
+        if not self.auth and self.host not in _LOOPBACK:
+            raise ValueError(
+                f"http.auth=false (local unauthenticated mode) binds to 127.0.0.1 only, "
+                f"not {self.host!r}"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAYSCHED_", env_nested_delimiter="__", extra="forbid"
@@ -125,6 +185,12 @@ class Settings(BaseSettings):
     stop_grace_s: float = Field(default=5.0, gt=0)
     #: Step outputs kept per task for streaming.
     max_stream_items: int = Field(default=100_000, ge=0)
+    http: HTTPSettings = Field(default_factory=HTTPSettings)
+
+    def tokens_path(self) -> Path:
+        """The HTTP tokens file, absolute (Serve replicas do not share the CLI's cwd)."""
+        p = Path(self.http.tokens_file or Path(self.state_dir) / "tokens.json")
+        return p.expanduser().resolve()
 
     @classmethod
     def settings_customise_sources(

@@ -8,7 +8,8 @@ from __future__ import annotations
 import enum
 import heapq
 import math
-from collections.abc import Callable, Iterable, Sequence
+import operator
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from raysched.errors import DependencyError, QueueFull, TaskNotFound
@@ -28,6 +29,9 @@ __all__ = ["Decision", "SchedulerCore"]
 
 S = TaskState
 _EPS = 1e-9
+_TERMINAL = frozenset(s for s in TaskState if s.terminal)
+_by_seq = operator.attrgetter("seq")
+_by_enqueue = operator.attrgetter("enqueued_at", "seq")
 
 
 class Decision(str, enum.Enum):
@@ -485,6 +489,111 @@ class SchedulerCore:
         for cid in self.deps.failed(t.id):
             self._fail_waiting(self.tasks[cid], now, f"parent {t.id} was cancelled")
         return True
+
+    # -- recovery -------------------------------------------------------------------------------
+    @property
+    def last_seq(self) -> int:
+        """The sequence number given to the most recently accepted task."""
+        return self._seq
+
+    def restore(
+        self,
+        tasks: Iterable[Task],
+        now: float,
+        *,
+        retrying: Collection[str] = (),
+        fair_counters: Mapping[str, float] | None = None,
+        seq: int = 0,
+        reason: str = "scheduler restarted",
+    ) -> list[Task]:
+        """Recovery: re-insert tasks rebuilt from a snapshot and the journal, keeping their seq,
+        state, level, attained service, attempts and steps (nothing is re-admitted or
+        re-levelled). Final tasks are only indexed (ids, idempotency keys, finished parents).
+        Pending ones wait on their live parents (or become ready, or fail, as ``submit`` would
+        have it). Queued and preempted ones join their pool's queue in enqueue order. Failed or
+        timed-out ones listed in ``retrying`` wait out their backoff until ``not_before``.
+        Running ones lost their worker with the old scheduler: they are redelivered as ``lost``
+        does (attempt counted, steps kept, audited with ``reason``), in seq order. Fair-share
+        counters are set to ``fair_counters`` once the live tenants are active. Tasks enqueued at
+        the same instant queue in seq order. Returns the tasks whose state changed here."""
+        ordered = sorted(tasks, key=_by_seq)
+        pending: list[Task] = []
+        ready: dict[str, list[Task]] = {}
+        running: list[Task] = []
+        tenants: dict[str, int] = {}
+        index, idem, queues = self.tasks, self.idempotency, self.queues
+        queued, preempted, waiting, run = S.QUEUED, S.PREEMPTED, S.PENDING, S.RUNNING
+        live = deadlines = done = 0
+        for t in ordered:
+            index[t.id] = t
+            if t.idempotency_key is not None:
+                idem[(t.tenant, t.idempotency_key)] = t.id
+            st = t.state
+            t.qkey = None
+            if st in _TERMINAL and t.id not in retrying:
+                done += 1
+                continue
+            if t.home is not None:
+                t.home = None
+            if t.pool not in queues:
+                self.add_pool(t.pool)
+            live += 1
+            if t.deadline is not None:
+                deadlines += 1
+            tenants[t.tenant] = tenants.get(t.tenant, 0) + 1
+            if st is queued or st is preempted:
+                r = ready.get(t.pool)
+                if r is None:
+                    r = ready[t.pool] = []
+                r.append(t)
+                if st is preempted and t.timeout_s is not None:
+                    self._paused[t.id] = t
+            elif st is waiting:
+                pending.append(t)
+            elif st is run:
+                running.append(t)
+            else:
+                self._retrying.add(t.id)
+                heapq.heappush(self._delayed, (t.not_before, t.seq, t))
+        if ordered:
+            self._seq = max(self._seq, ordered[-1].seq)
+        self._live += live
+        self._deadlines += deadlines
+        self.completed += done
+        for tenant, n in tenants.items():
+            self._live_by_tenant[tenant] = self._live_by_tenant.get(tenant, 0) + n
+            self.fair.activate(tenant)
+            self.fair.active[tenant] += n - 1
+        self._seq = max(self._seq, seq)
+        if fair_counters:
+            self.fair.restore(fair_counters)
+        changed: list[Task] = []
+        for pool, ts in ready.items():
+            ts.sort(key=_by_enqueue)
+            self.queues[pool].add_batch(ts, now)
+        for t in pending:
+            unmet: list[str] = []
+            dead: Task | None = None
+            for pid in t.depends_on:
+                p = self.tasks.get(pid)
+                if p is None or p.state is S.SUCCEEDED:
+                    continue
+                if self.is_final(p):
+                    dead = p
+                    break
+                unmet.append(pid)
+                self._raise_depth(p, t.depth + 1)
+            if dead is not None:
+                self._fail_waiting(t, now, f"parent {dead.id} ended {dead.state.value}")
+                changed.append(t)
+            elif not self.deps.add(t.id, unmet):
+                self._make_ready(t, now)
+                changed.append(t)
+        for t in running:
+            self.running[t.pool][t.id] = t
+            changed.append(t)
+            changed.extend(c for c in self.lost(t, now, reason) if c is not t)
+        return changed
 
     # -- time -----------------------------------------------------------------------------------
     def tick(self, now: float) -> list[Task]:

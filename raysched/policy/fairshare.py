@@ -63,3 +63,9 @@ class FairShare:
 
     def snapshot(self) -> dict[str, float]:
         return dict(self.counters)
+
+    def restore(self, counters: Mapping[str, float]) -> None:
+        """Recovery: set the counters to recorded values (after the live tenants were
+        activated, so that no lift applies on top of them)."""
+        self.counters.update(counters)
+        self._dirty = True

@@ -10,7 +10,7 @@ from raysched.errors import InvalidTransition
 from raysched.models import AuditEvent, TaskState
 from raysched.policy.task import Task
 
-__all__ = ["ALLOWED", "AuditHook", "Lifecycle", "LogAudit"]
+__all__ = ["ALLOWED", "AuditHook", "ChangeWatcher", "Lifecycle", "LogAudit"]
 
 S = TaskState
 ALLOWED: dict[TaskState, frozenset[TaskState]] = {
@@ -28,6 +28,13 @@ ALLOWED: dict[TaskState, frozenset[TaskState]] = {
 
 class AuditHook(Protocol):
     def __call__(self, event: AuditEvent) -> None: ...
+
+
+class ChangeWatcher(Protocol):
+    """Told of every task that entered the machine (``created``) or changed state, without an
+    event object being built: the cheap hook the journal's recorder uses."""
+
+    def __call__(self, task: Task, created: bool) -> None: ...
 
 
 class LogAudit:
@@ -51,6 +58,7 @@ class Lifecycle:
         self, hooks: list[AuditHook] | None = None, on_refused: Callable[[str], None] | None = None
     ):
         self.hooks: list[AuditHook] = list(hooks or [])
+        self.watchers: list[ChangeWatcher] = []
         self._on_refused = on_refused
 
     def move(self, task: Task, dst: TaskState, now: float, reason: str = "") -> None:
@@ -65,6 +73,9 @@ class Lifecycle:
             event = AuditEvent(task_id=task.id, src=src, dst=dst, at=now, reason=reason)
             for hook in self.hooks:
                 hook(event)
+        if self.watchers:
+            for w in self.watchers:
+                w(task, False)
 
     def created(self, task: Task, now: float, reason: str = "submitted") -> None:
         """The birth event: a task enters the machine in ``pending``."""
@@ -72,3 +83,6 @@ class Lifecycle:
             event = AuditEvent(task_id=task.id, src=None, dst=task.state, at=now, reason=reason)
             for hook in self.hooks:
                 hook(event)
+        if self.watchers:
+            for w in self.watchers:
+                w(task, True)

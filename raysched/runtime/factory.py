@@ -4,6 +4,7 @@ the registry (clients find it by name) and, with one name, the leader election."
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -12,6 +13,7 @@ from ray.exceptions import RayActorError
 
 from raysched.errors import SchedulerUnavailable
 from raysched.handlers import default_registry
+from raysched.runtime.channel import ChannelClient, ChannelServer
 from raysched.runtime.scheduler import SchedulerService
 from raysched.runtime.worker import WorkerCore
 from raysched.settings import PoolSettings, Settings
@@ -28,6 +30,7 @@ class _WorkerActor:
         p = PoolSettings.model_validate(pool)
         self._sched_name, self._ns = sched, ns
         self._sched: Any = None
+        self._chan: ChannelServer | None = None
         self.core = WorkerCore(
             worker_id,
             default_registry(aliases),
@@ -46,7 +49,30 @@ class _WorkerActor:
             raise
 
     async def ready(self) -> dict[str, Any]:
-        return await self.core.ready()
+        info = await self.core.ready()
+        if self._chan is None:
+            self._chan = ChannelServer(self._on_frame)
+            gc.freeze()  # start-up objects (Ray, imports) leave the collector's scans: fewer pauses
+        try:
+            host = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+            info["channel"] = await self._chan.start(host)
+        except OSError as exc:  # no channel: the scheduler stays on Ray calls
+            log.warning("worker %s: no direct channel: %s", self.core.id, exc)
+        return info
+
+    def _on_frame(self, op: str, args: Any) -> None:
+        if op == "assign":
+            self.core.assign_now(args)
+        elif op == "stop":
+            self.core.stop_now(*args)
+        else:  # pragma: no cover
+            log.warning("worker %s: unknown channel op %r", self.core.id, op)
+
+    async def deliver(self, session: str, seq: int, op: str, args: Any) -> bool:
+        """A channel frame sent through Ray (the channel's fallback); delivered once."""
+        if self._chan is None:
+            self._chan = ChannelServer(self._on_frame)
+        return self._chan.deliver(session, seq, op, args)
 
     async def lease(self) -> None:
         await self.core.lease()
@@ -65,6 +91,17 @@ class _WorkerActor:
 
 
 WorkerActor = ray.remote(_WorkerActor)
+
+
+class _WorkerRef:
+    """The scheduler's handle on a worker: the actor and, once it is ready, the direct channel
+    that carries ``assign`` and ``stop`` (Ray calls when there is none)."""
+
+    __slots__ = ("actor", "chan")
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+        self.chan: ChannelClient | None = None
 
 
 class RaySpawner:
@@ -87,34 +124,51 @@ class RaySpawner:
             opts["resources"] = dict(pool.resources)
         if pool.memory:
             opts["memory"] = pool.memory
-        return WorkerActor.options(**opts).remote(
-            worker_id,
-            pool.model_dump(),
-            self.settings.handlers,
-            self.settings.actor_name,
-            self.settings.namespace,
+        return _WorkerRef(
+            WorkerActor.options(**opts).remote(
+                worker_id,
+                pool.model_dump(),
+                self.settings.handlers,
+                self.settings.actor_name,
+                self.settings.namespace,
+            )
         )
 
-    def kill(self, handle: Any) -> None:
+    def kill(self, handle: _WorkerRef) -> None:
+        if handle.chan is not None:
+            handle.chan.close()
         try:
-            ray.kill(handle, no_restart=True)
+            ray.kill(handle.actor, no_restart=True)
         except Exception as exc:
             log.info("kill: %s", exc)
 
-    def ready(self, handle: Any) -> Any:
-        return handle.ready.remote()
+    async def ready(self, handle: _WorkerRef) -> Any:
+        info = await handle.actor.ready.remote()
+        chan = info.pop("channel", None) if isinstance(info, dict) else None
+        if chan is not None and handle.chan is None:
+            client = ChannelClient(handle.actor.deliver.remote)
+            try:
+                await client.connect(chan)
+                handle.chan = client
+            except Exception as exc:  # the worker is fine; only the shortcut is missing
+                log.warning("no direct channel to %s: %s; using Ray calls", chan, exc)
+        return info
 
-    def lease(self, handle: Any) -> Any:
-        return handle.lease.remote()
+    def lease(self, handle: _WorkerRef) -> Any:
+        return handle.actor.lease.remote()
 
-    def assign(self, handle: Any, items: list[tuple[str, str, Any, int]]) -> Any:
-        return handle.assign.remote(items)
+    def assign(self, handle: _WorkerRef, items: list[tuple[str, str, Any, int]]) -> Any:
+        if handle.chan is not None:
+            return handle.chan.send("assign", items)
+        return handle.actor.assign.remote(items)
 
-    def stop(self, handle: Any, tid: str, kind: str) -> Any:
-        return handle.stop.remote(tid, kind)
+    def stop(self, handle: _WorkerRef, tid: str, kind: str) -> Any:
+        if handle.chan is not None:
+            return handle.chan.send("stop", (tid, kind))
+        return handle.actor.stop.remote(tid, kind)
 
-    def telemetry(self, handle: Any) -> Any:
-        return handle.telemetry.remote()
+    def telemetry(self, handle: _WorkerRef) -> Any:
+        return handle.actor.telemetry.remote()
 
 
 class _SchedulerActor:
@@ -123,6 +177,7 @@ class _SchedulerActor:
         self.settings = Settings.model_validate(settings)
         _reap_workers(self.settings.namespace)
         self.svc = SchedulerService(self.settings, RaySpawner(self.settings))
+        gc.freeze()
 
     async def start(self) -> dict[str, Any]:
         return await self.svc.start()

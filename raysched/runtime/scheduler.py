@@ -37,8 +37,11 @@ class WorkerSpawner(Protocol):
     def kill(self, handle: Any) -> None: ...
     def ready(self, handle: Any) -> Awaitable[Any]: ...
     def lease(self, handle: Any) -> Awaitable[Any]: ...
-    def assign(self, handle: Any, items: list[tuple[str, str, Any, int]]) -> Awaitable[Any]: ...
-    def stop(self, handle: Any, tid: str, kind: str) -> Awaitable[Any]: ...
+    # assign and stop return None when the command was already handed over (a direct channel)
+    def assign(
+        self, handle: Any, items: list[tuple[str, str, Any, int]]
+    ) -> Awaitable[Any] | None: ...
+    def stop(self, handle: Any, tid: str, kind: str) -> Awaitable[Any] | None: ...
     def telemetry(self, handle: Any) -> Awaitable[Any]: ...
 
 
@@ -97,6 +100,7 @@ class SchedulerService:
         self._reserved: dict[str, tuple[Task, str]] = {}  # victim id -> (incoming, worker id)
         self._stopping: dict[str, str] = {}  # task id -> "pause" | "cancel"
         self._zombies: set[str] = set()  # old attempts not yet confirmed stopped
+        self._homed: set[str] = set()  # tasks whose paused state sits on a worker (t.home)
         self._gpu_requests = 0
         self._waits: dict[str, deque[float]] = {}  # recent first-start waits per tier
         self._started = False
@@ -152,9 +156,12 @@ class SchedulerService:
                 self._release_reservation(tid, now)
                 self._notify(t)
                 self._notify_all(self.core.lost(t, now, reason))
-        for t in self.core.tasks.values():
-            if t.home == w.id:
-                t.home = None  # its paused state died with the worker
+        for tid in list(self._homed):
+            t = self.core.tasks.get(tid)
+            if t is None:
+                self._homed.discard(tid)
+            elif t.home == w.id:
+                self._set_home(t, None)  # its paused state died with the worker
         for victim, (incoming, wid) in list(self._reserved.items()):
             if wid == w.id:
                 del self._reserved[victim]
@@ -254,6 +261,9 @@ class SchedulerService:
             for _, wid in self._reserved.values():
                 reserved_on[wid] = reserved_on.get(wid, 0) + 1
             accept = self._accept_for(pool)
+            # No paused state pinned to a worker and no placement check: every queued task may go
+            # to any worker, so the queue's batch pop serves it (same order, no per-task checks).
+            anywhere = accept is None and not self._homed
             full = True
             for w in sorted(self.workers.values(), key=lambda w: len(w.running)):
                 if w.pool.name != pool.name or not w.ready or w.kill_at is not None:
@@ -264,7 +274,14 @@ class SchedulerService:
                 full = False
                 if not len(q):
                     break
-                got = self.core.dispatch(pool.name, free, now, w.id, accept(w) if accept else None)
+                if anywhere:
+                    got = self.core.dispatch(pool.name, free, now)
+                    for t in got:
+                        t.worker = w.id
+                else:
+                    got = self.core.dispatch(
+                        pool.name, free, now, w.id, accept(w) if accept else None
+                    )
                 if got:
                     self._send(w, got, now)
             if full and len(q):
@@ -299,13 +316,25 @@ class SchedulerService:
             w.running.add(t.id)
             if t.first_start == now and t.attempts == 1 and not t.steps:
                 self._waits.setdefault(t.tier, deque(maxlen=10_000)).append(now - t.arrival)
-            if t.home is not None and t.home != w.id:
-                self._drop_paused(t)
-            t.home = None
+            if t.home is not None:
+                if t.home != w.id:
+                    self._drop_paused(t)
+                self._set_home(t, None)
             items.append((t.id, t.kind, t.payload, t.steps))
             self._notify(t)
         self.dispatched += len(items)
-        self._bg_task(self._call(w, self.spawner.assign(w.handle, items)))
+        self._fire(w, self.spawner.assign(w.handle, items))
+
+    def _fire(self, w: _Worker, aw: Awaitable[Any] | None) -> None:
+        if aw is not None:
+            self._bg_task(self._call(w, aw))
+
+    def _set_home(self, t: Task, wid: str | None) -> None:
+        t.home = wid
+        if wid is None:
+            self._homed.discard(t.id)
+        else:
+            self._homed.add(t.id)
 
     async def _call(self, w: _Worker, aw: Awaitable[Any]) -> None:
         try:
@@ -333,13 +362,13 @@ class SchedulerService:
         self._stopping[tid] = kind
         if kind == "cancel":
             w.kill_at = now + self.settings.stop_grace_s
-        self._bg_task(self._call(w, self.spawner.stop(w.handle, tid, kind)))
+        self._fire(w, self.spawner.stop(w.handle, tid, kind))
 
     def _drop_paused(self, t: Task) -> None:
         if t.home is not None and t.home in self.workers:
             w = self.workers[t.home]
-            self._bg_task(self._call(w, self.spawner.stop(w.handle, t.id, "cancel")))
-        t.home = None
+            self._fire(w, self.spawner.stop(w.handle, t.id, "cancel"))
+        self._set_home(t, None)
 
     def _release_reservation(self, victim_id: str, now: float) -> None:
         r = self._reserved.pop(victim_id, None)
@@ -382,7 +411,7 @@ class SchedulerService:
             return
         if kind == "evicted":
             if t is not None and t.home == w.id:
-                t.home = None
+                self._set_home(t, None)
             return
         # the task left its slot
         w.running.discard(tid)
@@ -395,13 +424,13 @@ class SchedulerService:
             w.kill_at = None
         if t is None or not current:
             if kind == "paused" and t is not None:
-                self._bg_task(self._call(w, self.spawner.stop(w.handle, tid, "cancel")))
+                self._fire(w, self.spawner.stop(w.handle, tid, "cancel"))
             if was_zombie or t is None or t.state is not S.RUNNING:
                 self._release_reservation(tid, now)
             return
         if kind == "paused":
             self.core.preempt(t, now, "preempted" if stop_kind == "pause" else "paused")
-            t.home = w.id
+            self._set_home(t, w.id)
             r = self._reserved.pop(tid, None)
             if r is not None:
                 incoming = r[0]

@@ -1,18 +1,24 @@
 """The worker: runs handlers for one pool, steps generators, keeps paused ones (like a KV cache),
 and reports to the scheduler in batches. A plain class; ``runtime.factory`` makes it an actor.
 
-Each running task gets a thread (handlers may block: sleep, a GPU kernel); the actor's event loop
-only moves assignments in and reports out. Reports go to the scheduler *by name*, so a restarted
-scheduler keeps receiving them, and they are retried until delivered."""
+Handlers run on long-lived threads (they may block: sleep, a GPU kernel); the actor's event loop
+only moves assignments in and reports out. A slot is one task running at a time: an assignment
+takes a free slot and a thread, and a thread is started only when no idle one is left, so a
+blocking handler never waits for another one to return. Plain handlers known (measured here) to
+return at once run several queued tasks back to back in one slot, one thread hop for the lot.
+Reports go to the scheduler *by name*, so a restarted scheduler keeps receiving them, and they are
+retried until delivered."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from raysched.handlers import Handler, HandlerRegistry
@@ -20,7 +26,16 @@ from raysched.runtime.telemetry import gpu_telemetry
 
 __all__ = ["Assignment", "WorkerCore"]
 
+log = logging.getLogger("raysched.worker")
+
 Report = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
+
+#: A plain handler whose mean service time here is below this runs queued tasks back to back...
+FAST_S = 0.0005
+#: ... as many as fit in this much expected time (so a task waits at most about this long behind
+#: others of its batch), at most ``MAX_BATCH``.
+BATCH_S = 0.002
+MAX_BATCH = 256
 
 
 @dataclass
@@ -32,14 +47,56 @@ class Assignment:
     steps_done: int = 0
 
 
-@dataclass
 class _Run:
-    a: Assignment
-    handler: Handler
-    stop: threading.Event = field(default_factory=threading.Event)
-    stop_kind: str = ""  # "pause" | "cancel"
-    gen: Generator[Any, Any, Any] | None = None
-    steps: int = 0
+    __slots__ = ("a", "gen", "handler", "steps", "stop_kind", "stopped")
+
+    def __init__(self, a: Assignment, handler: Handler) -> None:
+        self.a = a
+        self.handler = handler
+        self.stopped = False  # set from the loop, read by the handler's thread between steps
+        self.stop_kind = ""  # "pause" | "cancel"
+        self.gen: Generator[Any, Any, Any] | None = None
+        self.steps = 0
+
+
+class _Threads:
+    """Long-lived threads fed by one queue. ``submit`` hands a job to an idle thread and starts a
+    new one only when none is idle, so every job starts at once and threads are reused."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self.started = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            spawn = self._idle == 0
+            if spawn:
+                self.started += 1
+            else:
+                self._idle -= 1
+        self._jobs.put(job)
+        if spawn:
+            threading.Thread(
+                target=self._loop, name=f"{self.name}-{self.started}", daemon=True
+            ).start()
+
+    def _loop(self) -> None:
+        get, lock = self._jobs.get, self._lock
+        while True:
+            job = get()
+            try:
+                job()
+            except BaseException:  # pragma: no cover - jobs catch their own errors
+                log.exception("handler thread job failed")
+            with lock:
+                self._idle += 1
+
+
+def _fail(tid: str, exc: BaseException) -> dict[str, Any]:
+    return {"t": "fail", "id": tid, "etype": type(exc).__name__, "msg": str(exc)}
 
 
 class WorkerCore:
@@ -61,7 +118,10 @@ class WorkerCore:
         self.max_paused = max_paused
         self.flush_s = flush_s
         self.clock = clock
-        self._inbox: asyncio.Queue[Assignment] = asyncio.Queue()
+        self._inbox: deque[Assignment] = deque()  # assigned, waiting for a free slot
+        self._free = slots
+        self._threads = _Threads(f"raysched-{worker_id[-8:]}")
+        self._cost: dict[str, float] = {}  # plain handler -> mean service time here (EMA)
         self._running: dict[str, _Run] = {}
         self._paused: OrderedDict[str, _Run] = OrderedDict()
         self._events: list[dict[str, Any]] = []
@@ -70,6 +130,7 @@ class WorkerCore:
         self._closed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._bg: set[asyncio.Task[None]] = set()
         self.executed = 0
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -77,8 +138,6 @@ class WorkerCore:
         if self._loop is not None:
             return
         self._loop = asyncio.get_running_loop()
-        for _ in range(self.slots):
-            self._tasks.append(asyncio.create_task(self._slot()))
         self._tasks.append(asyncio.create_task(self._flusher()))
 
     async def ready(self) -> dict[str, Any]:
@@ -93,24 +152,39 @@ class WorkerCore:
     async def shutdown(self) -> None:
         for run in list(self._running.values()):
             run.stop_kind = "cancel"
-            run.stop.set()
+            run.stopped = True
         self._closed.set()
 
     # -- commands from the scheduler ---------------------------------------------------------
     async def assign(self, items: list[tuple[str, str, Any, int]]) -> int:
+        return self.assign_now(items)
+
+    def assign_now(self, items: list[tuple[str, str, Any, int]]) -> int:
+        """Queue assignments and start what the free slots allow (on the event loop)."""
         self._ensure_started()
+        inbox = self._inbox
         for tid, kind, payload, steps_done in items:
-            self._inbox.put_nowait(Assignment(tid, kind, payload, steps_done))
+            inbox.append(Assignment(tid, kind, payload, steps_done))
+        self._pump()
         return len(items)
 
     async def stop(self, tid: str, kind: str) -> bool:
+        return self.stop_now(tid, kind)
+
+    def stop_now(self, tid: str, kind: str) -> bool:
         """``pause`` (keep the generator for a later resume here) or ``cancel`` a running task
         between steps; ``cancel`` also drops a paused generator. True if the task was here."""
         run = self._running.get(tid)
         if run is not None:
             run.stop_kind = kind
-            run.stop.set()
+            run.stopped = True
             return True
+        for a in self._inbox:
+            if a.id == tid:  # assigned but not started: it leaves without running
+                self._inbox.remove(a)
+                h = self.registry.stepwise(a.kind)
+                self._emit({"t": "paused" if kind == "pause" and h else "stopped", "id": tid})
+                return True
         paused = self._paused.pop(tid, None)
         if paused is not None and paused.gen is not None:
             paused.gen.close()
@@ -123,66 +197,130 @@ class WorkerCore:
             "running": len(self._running),
             "paused": len(self._paused),
             "executed": self.executed,
+            "threads": self._threads.started,
             **gpu_telemetry(),
         }
 
     # -- execution ------------------------------------------------------------------------------
-    async def _slot(self) -> None:
-        while True:
-            a = await self._inbox.get()
-            batch = [a]
-            # Consecutive plain tasks run back to back in one thread hop (the cheap path).
+    def _pump(self) -> None:
+        inbox, resolve = self._inbox, self.registry.resolve
+        while inbox and self._free > 0:
+            a = inbox.popleft()
             try:
-                h = self.registry.resolve(a.kind)
+                h = resolve(a.kind)
             except Exception as exc:
-                self._emit({"t": "fail", "id": a.id, "etype": type(exc).__name__, "msg": str(exc)})
+                self._emit(_fail(a.id, exc))
                 continue
+            self._free -= 1
             if h.stepwise:
-                await self._run_stepwise(a, h)
+                t = asyncio.ensure_future(self._run_stepwise(a, h))
+                self._bg.add(t)
+                t.add_done_callback(self._bg.discard)
                 continue
-            while not self._inbox.empty() and len(batch) < 256:
-                nxt = self._inbox.get_nowait()
+            batch = [(a, h)]
+            limit = self._batch_limit(h, len(inbox) + 1)
+            while inbox and len(batch) < limit:
+                nxt = inbox[0]
                 try:
-                    hn = self.registry.resolve(nxt.kind)
+                    hn = resolve(nxt.kind)
                 except Exception:
-                    self._inbox.put_nowait(nxt)  # reported on its own turn
-                    break
+                    break  # reported on its own turn
                 if hn.stepwise:
-                    self._inbox.put_nowait(nxt)
                     break
-                batch.append(nxt)
-            await self._run_plain(batch)
+                inbox.popleft()
+                batch.append((nxt, hn))
+            self._run_plain(batch)
 
-    async def _run_plain(self, batch: list[Assignment]) -> None:
-        loop = asyncio.get_running_loop()
-        runs = [_Run(a, self.registry.resolve(a.kind)) for a in batch]
+    def _batch_limit(self, h: Handler, queued: int) -> int:
+        """How many queued plain tasks one slot takes: a fair share of the free slots; more for a
+        handler known to return at once (then one hop for many beats a thread each)."""
+        share = -(-queued // (self._free + 1))
+        cost = self._cost.get(h.name)
+        if cost is not None and cost < FAST_S:
+            return max(share, min(MAX_BATCH, int(BATCH_S / max(cost, 1e-6))))
+        return share
+
+    def _run_plain(self, batch: list[tuple[Assignment, Handler]]) -> None:
+        loop = self._loop
+        assert loop is not None
+        runs = [_Run(a, h) for a, h in batch]
+        running = self._running
         for r in runs:
-            self._running[r.a.id] = r
+            running[r.a.id] = r
 
         def work() -> None:
-            for r in runs:
-                if r.stop.is_set():
-                    loop.call_soon_threadsafe(self._emit, {"t": "stopped", "id": r.a.id})
-                    continue
-                t0 = time.perf_counter()
-                ts0 = time.time()
-                try:
-                    value = r.handler.fn(r.a.payload)
-                    ev = {"t": "done", "id": r.a.id, "result": value, "ts0": ts0}
-                except Exception as exc:
-                    ev = {
-                        "t": "fail",
-                        "id": r.a.id,
-                        "etype": type(exc).__name__,
-                        "msg": str(exc),
-                        "ts0": ts0,
-                    }
-                ev["service"] = time.perf_counter() - t0
-                loop.call_soon_threadsafe(self._finish, r, ev)
+            evs: list[dict[str, Any]] = []
+            try:
+                for r in runs:
+                    if r.stopped:
+                        evs.append({"t": "stopped", "id": r.a.id})
+                        continue
+                    t0 = time.perf_counter()
+                    ts0 = time.time()
+                    try:
+                        value = r.handler.fn(r.a.payload)
+                        ev = {"t": "done", "id": r.a.id, "result": value, "ts0": ts0}
+                    except BaseException as exc:
+                        ev = _fail(r.a.id, exc)
+                        ev["ts0"] = ts0
+                    ev["service"] = time.perf_counter() - t0
+                    evs.append(ev)
+            finally:
+                loop.call_soon_threadsafe(self._plain_done, runs, evs)
 
-        await asyncio.to_thread(work)
+        self._threads.submit(work)
+
+    def _plain_done(self, runs: list[_Run], evs: list[dict[str, Any]]) -> None:
+        total = 0.0
+        n = 0
+        for r, ev in zip(runs, evs, strict=False):
+            if "service" in ev:
+                total += ev["service"]
+                n += 1
+            self._finish(r, ev)
+        for r in runs[len(evs) :]:  # pragma: no cover - only if the thread itself failed
+            self._finish(r, {"t": "fail", "id": r.a.id, "etype": "WorkerError", "msg": "lost"})
+        if n:
+            name = runs[0].handler.name
+            mean = total / n
+            old = self._cost.get(name)
+            self._cost[name] = mean if old is None else 0.8 * old + 0.2 * mean
+        self._free += 1
+        self._pump()
+
+    def _in_thread(self, fn: Callable[[], dict[str, Any]]) -> asyncio.Future[dict[str, Any]]:
+        loop = self._loop
+        assert loop is not None
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+        def settle(value: dict[str, Any] | None, exc: BaseException | None) -> None:
+            if fut.done():  # pragma: no cover
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                assert value is not None
+                fut.set_result(value)
+
+        def job() -> None:
+            try:
+                value = fn()
+            except BaseException as exc:
+                loop.call_soon_threadsafe(settle, None, exc)
+            else:
+                loop.call_soon_threadsafe(settle, value, None)
+
+        self._threads.submit(job)
+        return fut
 
     async def _run_stepwise(self, a: Assignment, h: Handler) -> None:
+        try:
+            await self._stepwise(a, h)
+        finally:
+            self._free += 1
+            self._pump()
+
+    async def _stepwise(self, a: Assignment, h: Handler) -> None:
         loop = asyncio.get_running_loop()
         run = self._paused.pop(a.id, None)
         skip = 0
@@ -196,11 +334,11 @@ class WorkerCore:
                     run.gen = h.fn(a.payload)
                     skip = a.steps_done  # re-run from scratch; outputs up to here were delivered
             except Exception as exc:
-                self._emit({"t": "fail", "id": a.id, "etype": type(exc).__name__, "msg": str(exc)})
+                self._emit(_fail(a.id, exc))
                 return
         else:
             run.a = a
-            run.stop = threading.Event()
+            run.stopped = False
             run.stop_kind = ""
         self._running[a.id] = run
         gen = run.gen
@@ -208,7 +346,7 @@ class WorkerCore:
 
         def drive() -> dict[str, Any]:
             loop.call_soon_threadsafe(self._started, a.id, time.time())
-            while not run.stop.is_set():
+            while not run.stopped:
                 t0 = time.perf_counter()
                 try:
                     v = next(gen)
@@ -220,13 +358,9 @@ class WorkerCore:
                         "service": time.perf_counter() - t0,
                     }
                 except Exception as exc:
-                    return {
-                        "t": "fail",
-                        "id": a.id,
-                        "etype": type(exc).__name__,
-                        "msg": str(exc),
-                        "service": time.perf_counter() - t0,
-                    }
+                    ev = _fail(a.id, exc)
+                    ev["service"] = time.perf_counter() - t0
+                    return ev
                 run.steps += 1
                 out = v if run.steps > skip else None
                 loop.call_soon_threadsafe(
@@ -234,7 +368,10 @@ class WorkerCore:
                 )
             return {"t": "paused" if run.stop_kind == "pause" else "stopped", "id": a.id}
 
-        ev = await asyncio.to_thread(drive)
+        try:
+            ev = await self._in_thread(drive)
+        except BaseException as exc:  # pragma: no cover - drive catches handler errors
+            ev = _fail(a.id, exc)
         self._finish(run, ev)
 
     def _finish(self, run: _Run, ev: dict[str, Any]) -> None:
@@ -247,7 +384,7 @@ class WorkerCore:
                 if old.gen is not None:
                     old.gen.close()
                 self._emit({"t": "evicted", "id": old_id})
-        elif run.gen is not None and ev["t"] != "paused":
+        elif run.gen is not None:
             run.gen.close()
         if ev["t"] in ("done", "fail"):
             self.executed += 1
@@ -290,7 +427,8 @@ class WorkerCore:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await asyncio.sleep(self.flush_s)  # gather what else lands in the next moment
+            if self._running:
+                await asyncio.sleep(self.flush_s)  # gather what else lands in the next moment
             backlog.extend(self._drain())
             if not backlog:
                 continue

@@ -1,0 +1,169 @@
+"""The recorder: turns the policy core's state changes into journal records and finished tasks into
+results, so the scheduler does not have to name every change at every call site.
+
+It is a lifecycle watcher (``Lifecycle.watchers``: cheaper than an audit hook, no event object is
+built). Every transition (submission, start, preemption, retry, finish, cancel, a child failed by
+its parent, a retry released by ``tick``) marks the task dirty; changes that are not transitions
+(service and steps reported by a running task, a level demotion) are marked with ``touch``.
+``drain`` builds one record per dirty task from its *current* state (several changes between two
+drains cost one record) and hands the outcomes of tasks that just ended to the results store's
+buffer. ``commit`` waits until the journal has everything changed so far (await it before
+acknowledging a submission or a cancel); ``flush`` drains without waiting (after dispatch, worker
+reports and ticks)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from raysched.policy.task import Task
+from raysched.store.journal import Journal
+from raysched.store.records import progress_record, state_record, submit_record
+from raysched.store.results import ResultsStore, outcome_of
+
+if TYPE_CHECKING:
+    from raysched.policy.core import SchedulerCore
+
+__all__ = ["Recorder"]
+
+_NEW, _CHANGED, _TOUCHED = 1, 2, 4
+
+
+def _settle(src: Future[None], dst: asyncio.Future[None]) -> None:
+    if dst.done():
+        return
+    exc = src.exception()
+    if exc is None:
+        dst.set_result(None)
+    else:
+        dst.set_exception(exc)
+
+
+class Recorder:
+    """Installs itself as a lifecycle watcher of ``core``; ``results`` (optional) receives
+    outcomes."""
+
+    def __init__(
+        self,
+        core: SchedulerCore,
+        journal: Journal,
+        results: ResultsStore | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.core = core
+        self.journal = journal
+        self.results = results
+        self.clock = clock
+        self._dirty: dict[str, int] = {}
+        self._ticks: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
+        core.lifecycle.watchers.append(self)
+
+    def __call__(self, task: Task, created: bool) -> None:
+        d = self._dirty
+        d[task.id] = d.get(task.id, 0) | (_NEW if created else _CHANGED)
+
+    def touch(self, t: Task) -> None:
+        """``t``'s service, steps, quantum or level changed without a transition."""
+        d = self._dirty
+        d[t.id] = d.get(t.id, 0) | _TOUCHED
+
+    @property
+    def pending(self) -> int:
+        """Tasks with changes not yet drained."""
+        return len(self._dirty)
+
+    def drain(self) -> list[dict[str, Any]]:
+        """The records for every change since the last drain, oldest first; outcomes of tasks
+        that ended go to the results buffer."""
+        dirty, self._dirty = self._dirty, {}
+        if not dirty:
+            return []
+        core = self.core
+        tasks, counters, is_final = core.tasks, core.fair.counters, core.is_final
+        out: list[dict[str, Any]] = []
+        ended: list[Task] = []
+        raised = self._raised_parents(dirty)
+        if raised:
+            for tid in raised:
+                dirty[tid] = dirty.get(tid, 0) | _TOUCHED
+        for tid, flags in dirty.items():
+            t = tasks.get(tid)
+            if t is None:
+                continue
+            fc = counters.get(t.tenant)
+            retrying = t.state.terminal and not is_final(t)
+            if flags & _NEW:
+                out.append(submit_record(t, fc, retrying=retrying))
+            elif flags & _CHANGED:
+                out.append(state_record(t, retrying=retrying, fc=fc))
+            else:
+                out.append(progress_record(t, fc))
+            if flags & (_NEW | _CHANGED) and t.state.terminal and is_final(t):
+                ended.append(t)
+        if ended and self.results is not None:
+            now = self.clock()
+            self.results.add([outcome_of(t, now) for t in ended])
+        return out
+
+    def _raised_parents(self, dirty: dict[str, int]) -> list[str]:
+        """Live ancestors of new tasks: accepting a child raises its parents' ``depth`` (a
+        scoring factor) without a transition."""
+        tasks = self.core.tasks
+        out: list[str] = []
+        seen: set[str] = set()
+        for tid, flags in dirty.items():
+            if not flags & _NEW:
+                continue
+            t = tasks.get(tid)
+            if t is None or not t.depends_on:
+                continue
+            stack = list(t.depends_on)
+            while stack:
+                pid = stack.pop()
+                if pid in seen:
+                    continue
+                seen.add(pid)
+                p = tasks.get(pid)
+                if p is None or p.state.terminal:
+                    continue
+                out.append(pid)
+                stack.extend(p.depends_on)
+        return out
+
+    def flush(self) -> Future[None]:
+        """Drain into the journal without waiting (the future resolves when written)."""
+        return self.journal.append_nowait(self.drain())
+
+    async def commit(self) -> None:
+        """Wait until every change made so far is written per the sync policy: call before
+        acknowledging what changed. The commits of one turn of the event loop share one drain,
+        one encoding and one journal entry (and the journal's writer batches further)."""
+        loop = asyncio.get_running_loop()
+        fut = self._ticks.get(loop)
+        if fut is None:
+            fut = self._ticks[loop] = loop.create_future()
+            loop.call_soon(self._commit_tick, loop)
+        await asyncio.shield(fut)
+
+    def _commit_tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        fut = self._ticks.pop(loop)
+        try:
+            done = self.flush()
+        except BaseException as exc:
+            fut.set_exception(exc)
+            return
+        done.add_done_callback(lambda f: loop.call_soon_threadsafe(_settle, f, fut))
+
+    def commit_sync(self) -> None:
+        """``commit`` for threads that are not an event loop (tests, benchmarks, recovery)."""
+        self.journal.append_many(self.drain())
+
+    def detach(self) -> None:
+        """Stop recording (removes the watcher)."""
+        watchers = self.core.lifecycle.watchers
+        if self in watchers:
+            watchers.remove(self)

@@ -1,0 +1,255 @@
+"""The results store: finished tasks' outcomes (state, result or error, attempts, timings) as
+Parquet under ``<state_dir>/results/``, one file per flush, readable after a restart.
+
+Exactly-once recorded results: a task may run more than once (at-least-once execution), and its
+outcome may be added more than once (a redelivery, a journal replay), but reads keep only the
+*first* recorded outcome of each task id, in file order then row order. Files are named
+``part-<n>.parquet`` with ``n`` increasing, written under a temporary name and moved."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raysched.policy.task import Task
+from raysched.store.location import TMP_PREFIX, StateDir
+
+__all__ = ["RESULT_SCHEMA", "ResultsStore", "decode_results", "outcome_of"]
+
+log = logging.getLogger("raysched.store.results")
+
+FOLDER = "results"
+RESULT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("state", pa.string()),
+        ("tenant", pa.string()),
+        ("kind", pa.string()),
+        ("tier", pa.string()),
+        ("priority", pa.int32()),
+        ("pool", pa.string()),
+        ("seq", pa.int64()),
+        ("level", pa.int32()),
+        ("attempts", pa.int32()),
+        ("redeliveries", pa.int32()),
+        ("steps", pa.int64()),
+        ("service_s", pa.float64()),
+        ("arrival", pa.float64()),
+        ("first_start", pa.float64()),
+        ("finished_at", pa.float64()),
+        ("worker", pa.string()),
+        ("idempotency_key", pa.string()),
+        ("result", pa.string()),  # JSON of the handler's return value (succeeded only)
+        ("error_type", pa.string()),
+        ("error", pa.string()),
+        ("recorded_at", pa.float64()),
+    ]
+)
+_NAMES = RESULT_SCHEMA.names
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr)
+
+
+def outcome_of(t: Task, recorded_at: float) -> dict[str, Any]:
+    """The results row of a finished task (``result`` decoded, as the handler returned it)."""
+    return {
+        "id": t.id,
+        "state": t.state.value,
+        "tenant": t.tenant,
+        "kind": t.kind,
+        "tier": t.tier,
+        "priority": t.priority,
+        "pool": t.pool,
+        "seq": t.seq,
+        "level": t.level,
+        "attempts": t.attempts,
+        "redeliveries": t.redeliveries,
+        "steps": t.steps,
+        "service_s": t.service_s,
+        "arrival": t.arrival,
+        "first_start": t.first_start,
+        "finished_at": t.finished_at,
+        "worker": t.worker,
+        "idempotency_key": t.idempotency_key,
+        "result": t.result,
+        "error_type": t.error_type,
+        "error": t.error,
+        "recorded_at": recorded_at,
+    }
+
+
+def _part_no(name: str) -> int | None:
+    if name.startswith("part-") and name.endswith(".parquet") and name[5:-8].isdigit():
+        return int(name[5:-8])
+    return None
+
+
+def decode_results(strings: list[str | None]) -> list[Any]:
+    """JSON-decode a column of results in one parser call (``None`` stays ``None``)."""
+    return list(json.loads("[" + ",".join("null" if s is None else s for s in strings) + "]"))
+
+
+class ResultsStore:
+    """``add`` buffers outcomes (thread-safe); ``flush`` writes the buffer as one Parquet file
+    (call it from a worker thread: it does I/O). ``get`` and ``load_all`` see flushed and
+    buffered outcomes, first recorded outcome per id winning."""
+
+    def __init__(
+        self,
+        state_dir: str | StateDir,
+        *,
+        clock: Callable[[], float] = time.time,
+        filesystem: Any = None,
+    ) -> None:
+        self.dir = state_dir if isinstance(state_dir, StateDir) else StateDir(state_dir, filesystem)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._buffer: list[dict[str, Any]] = []
+        self._index: dict[str, dict[str, Any]] | None = None
+        self._next_part: int | None = None
+        self.files_written = 0
+
+    # -- writing --------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def add(self, outcomes: Iterable[dict[str, Any]]) -> int:
+        """Buffer outcome rows (see ``outcome_of``); returns how many were buffered."""
+        rows = list(outcomes)
+        with self._lock:
+            self._buffer.extend(rows)
+            if self._index is not None:
+                for r in rows:
+                    self._index.setdefault(r["id"], r)
+        return len(rows)
+
+    def add_tasks(self, tasks: Iterable[Task]) -> int:
+        now = self.clock()
+        return self.add(outcome_of(t, now) for t in tasks)
+
+    def flush(self) -> str | None:
+        """Write the buffered outcomes as one file; returns its name (None if nothing to do).
+        On failure the rows go back to the front of the buffer and the error propagates."""
+        with self._flush_lock:
+            with self._lock:
+                rows, self._buffer = self._buffer, []
+            if not rows:
+                return None
+            try:
+                table = self._to_table(rows)
+                if self._next_part is None:
+                    self._next_part = self._scan_next_part()
+                name = f"part-{self._next_part:010d}.parquet"
+                self.dir.makedirs(FOLDER)
+                self.dir.write_atomic(FOLDER, name, lambda out: pq.write_table(table, out))
+            except BaseException:
+                with self._lock:
+                    self._buffer[:0] = rows
+                raise
+            self._next_part += 1
+            self.files_written += 1
+            return name
+
+    def _scan_next_part(self) -> int:
+        nums = [n for n in map(_part_no, self.dir.listdir(FOLDER)) if n is not None]
+        return max(nums) + 1 if nums else 0
+
+    @staticmethod
+    def _to_table(rows: list[dict[str, Any]]) -> pa.Table:
+        cols: dict[str, list[Any]] = {n: [r.get(n) for r in rows] for n in _NAMES}
+        cols["result"] = [
+            None if r.get("state") != "succeeded" else _JSON.encode(r.get("result")) for r in rows
+        ]
+        return pa.Table.from_pydict(cols, schema=RESULT_SCHEMA)
+
+    def compact(self) -> int:
+        """Rewrite every part as one deduplicated part; returns the rows kept. Safe to crash
+        in: the new part is complete before the old ones go, and dedup on read hides the rest."""
+        self.flush()
+        table = self.load_table()
+        parts = self._parts()
+        if len(parts) <= 1:
+            return int(table.num_rows)
+        with self._flush_lock:
+            if self._next_part is None:
+                self._next_part = self._scan_next_part()
+            # The merged part takes a fresh, highest number: until the old parts are deleted they
+            # read first and hold the same first outcomes, so a crash in between changes nothing.
+            name = f"part-{self._next_part:010d}.parquet"
+            self.dir.write_atomic(FOLDER, name, lambda out: pq.write_table(table, out))
+            self._next_part += 1
+            for p in parts:
+                self.dir.delete(FOLDER, p)
+        return int(table.num_rows)
+
+    # -- reading --------------------------------------------------------------------------------
+    def part_count(self) -> int:
+        """Result files on storage (``compact`` merges them)."""
+        return sum(1 for n in self.dir.listdir(FOLDER) if _part_no(n) is not None)
+
+    def _parts(self) -> list[str]:
+        names = self.dir.listdir(FOLDER)
+        for n in names:
+            if n.startswith(TMP_PREFIX):
+                log.warning("results: ignoring %s, a half-written results file from a crash", n)
+        return sorted((n for n in names if _part_no(n) is not None), key=_part_no)  # type: ignore[arg-type]
+
+    def load_table(self) -> pa.Table:
+        """Every recorded outcome as one table (``result`` still JSON text), deduplicated by id
+        (first recorded wins), in recording order. Buffered rows come last. Unreadable files are
+        skipped with a warning."""
+        tables = []
+        for name in self._parts():
+            try:
+                tables.append(
+                    pq.read_table(
+                        self.dir.path(FOLDER, name), filesystem=self.dir.fs, schema=RESULT_SCHEMA
+                    )
+                )
+            except Exception as exc:
+                log.warning("results: skipping unreadable file %s (%s)", name, exc)
+        with self._lock:
+            rows = list(self._buffer)
+        if rows:
+            tables.append(self._to_table(rows))
+        if not tables:
+            return RESULT_SCHEMA.empty_table()
+        table = pa.concat_tables(tables)
+        ids = table.column("id").to_pylist()
+        seen: set[str] = set()
+        keep = []
+        for i in ids:
+            if i in seen:
+                keep.append(False)
+            else:
+                seen.add(i)
+                keep.append(True)
+        if len(seen) != len(ids):
+            table = table.filter(pa.array(keep))
+        return table
+
+    def load_all(self) -> dict[str, dict[str, Any]]:
+        """Task id -> outcome row (``result`` decoded) for every recorded outcome."""
+        table = self.load_table()
+        rows = table.to_pylist()
+        for r, v in zip(rows, decode_results(table.column("result").to_pylist()), strict=True):
+            r["result"] = v
+        index = {r["id"]: r for r in rows}
+        with self._lock:
+            self._index = index
+        return dict(index)
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        """The recorded outcome of one task (loads the index on first use)."""
+        if self._index is None:
+            self.load_all()
+        assert self._index is not None
+        return self._index.get(task_id)

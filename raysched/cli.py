@@ -291,8 +291,14 @@ def token_create(
 
 @app.command()
 def stop(address: Address = None, config: Config = None) -> None:
-    """Remove the scheduler and its workers."""
+    """Remove the Serve app, the scheduler and its workers (queue state on disk stays)."""
     c = _client(address, config)
+    try:
+        from ray import serve
+
+        serve.delete(c.settings.http.app_name)
+    except Exception as exc:  # noqa: BLE001 - no Serve app deployed is fine
+        err.print(f"no HTTP app removed: {exc}")
     c.shutdown()
     out.print("scheduler stopped")
 

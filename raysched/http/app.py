@@ -462,7 +462,8 @@ def create_app(
             )
         if t.tier is not None and t.priority is not None:
             raise APIError(422, "invalid_request", f"{where}: give a tier or a priority, not both")
-        size = len(_dumps(t.payload))
+        # measured as TaskSpec measures it, so the two limits agree
+        size = len(json.dumps(t.payload, separators=(",", ":")))
         if size > h.max_payload_bytes:
             raise APIError(
                 413,

@@ -91,8 +91,8 @@ _DUMMY = TokenRecord(id="0" * 16, tenant="x", salt="0" * 32, hash="0" * 64)
 
 class TokenStore:
     """Token records by id. ``path`` makes it re-read the file when it changes (checked at most
-    once per ``reload_s`` and only on an unknown id), so tokens created after the ingress started
-    work without a redeploy."""
+    once per ``reload_s``), so tokens created or removed after the ingress started apply without a
+    redeploy. Without a readable file the records passed in stay as they are."""
 
     def __init__(
         self,
@@ -179,13 +179,11 @@ class TokenStore:
         ):
             return None
         tid, secret = parts[1], parts[2]
+        try:
+            self._reload()  # a stat() at most once per reload_s: new and removed tokens apply
+        except ValidationFailed:
+            pass  # a broken file: keep the tokens we know
         rec = self._by_id.get(tid)
-        if rec is None:
-            try:
-                self._reload()
-            except ValidationFailed:
-                pass  # a half-written or broken file: keep the tokens we know
-            rec = self._by_id.get(tid)
         known = rec is not None
         rec = rec or _DUMMY
         ok = hmac.compare_digest(hash_secret(rec.salt, secret), rec.hash)

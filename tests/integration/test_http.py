@@ -6,6 +6,7 @@ scheduler does not exist (503). Ends with a bounded schemathesis run over /opena
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -44,6 +45,7 @@ class Stack:
     client: Client
     tokens: dict[str, str]
     http: httpx.Client
+    settings: Settings
 
     def h(self, who: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[who]}"}
@@ -102,7 +104,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         serve.run(ingress_app(down), name="raysched-down", route_prefix="/down")
         with httpx.Client(timeout=60) as http:
-            yield Stack(base, client, tokens, http)
+            yield Stack(base, client, tokens, http, settings)
     finally:
         try:
             serve.shutdown()  # type: ignore[no-untyped-call]
@@ -345,6 +347,45 @@ def test_events_live_in_order_and_resume_without_repeats(stack: Stack) -> None:
     ids = [e["id"] for e in events]
     assert len(ids) == len(set(ids))
     assert read_events(stack, tid, last=events[-1]["id"]) == []
+
+
+# -- the command line ---------------------------------------------------------------------------
+def test_raysched_start_deploys_the_http_app(stack: Stack, tmp_path: Path) -> None:
+    """`raysched start --address` on this cluster finds the running scheduler and deploys the API
+    (as another Serve app on the same proxy, so the module's app stays as it is)."""
+    s = stack.settings
+    cfg = tmp_path / "raysched.yaml"
+    http = s.http.model_dump() | {"app_name": "raysched-cli", "route_prefix": "/cli"}
+    cfg.write_text(
+        json.dumps(
+            {
+                "namespace": s.namespace,
+                "actor_name": s.actor_name,
+                "state_dir": s.state_dir,
+                "pools": [p.model_dump() for p in s.pools],
+                "policy": {"max_queued_per_tenant": 5},
+                "http": http,
+            }
+        )
+    )
+    addr = ray.get_runtime_context().gcs_address
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    r = subprocess.run(
+        ["raysched", "start", "--address", addr, "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        check=False,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert "HTTP API at" in r.stdout and "/cli" in r.stdout
+    base = stack.base + "/cli"
+    assert stack.http.get(f"{base}/readyz").status_code == 200
+    ok = stack.http.post(f"{base}/v1/tasks", json={"kind": "echo"}, headers=stack.h("a"))
+    assert ok.status_code == 202, ok.text
+    err(stack.http.post(f"{base}/v1/tasks", json={"kind": "echo"}), 401)
+    serve.delete("raysched-cli")
 
 
 # -- fuzzing ---------------------------------------------------------------------------------------

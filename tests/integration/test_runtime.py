@@ -207,3 +207,37 @@ def test_replay_on_ray_matches_the_trace(ray_cluster: None) -> None:
     out = replay_on_ray(recs, Settings(), workers=2)
     assert out["clock"] == "ray" and out["tasks"] == 8 and out["completed"] == 8
     assert out["by_tier"]["interactive"]["p99_wait_s"] < out["by_tier"]["batch"]["p99_wait_s"]
+
+
+def test_pool_grows_under_waiting_work_and_shrinks_when_idle(make_client: Make) -> None:
+    pool = PoolSettings(
+        name="default", min_workers=1, max_workers=3, scale_up_wait_s=0.2, idle_timeout_s=1.0
+    )
+    c = make_client(pools=[pool])
+    wait_ready(c, 1)
+    ids = c.submit_batch(
+        [{"kind": "simulate", "payload": sim(150), "tier": "batch"} for _ in range(3)]
+    )
+    deadline = time.monotonic() + 30
+    peak = 0
+    while time.monotonic() < deadline and peak < 3:
+        peak = max(peak, c.stats()["pools"]["default"]["ready_workers"])
+        time.sleep(0.1)
+    assert peak == 3, "the pool did not grow to max_workers while tasks waited"
+    assert [i.state for i in c.wait(ids, timeout=60)] == [TaskState.SUCCEEDED] * 3
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and c.stats()["pools"]["default"]["workers"] > 1:
+        time.sleep(0.2)
+    assert c.stats()["pools"]["default"]["workers"] == 1, "idle workers were not reaped"
+
+
+def test_gpu_memory_requests_are_placed_only_where_they_fit(make_client: Make) -> None:
+    pool = PoolSettings(name="default", min_workers=1, max_workers=1, gpu_memory_mb=2048)
+    c = make_client(pools=[pool])
+    wait_ready(c, 1)
+    big = c.submit("echo", {"n": "big"}, gpu_memory_mb=4096)
+    small = c.submit("echo", {"n": "small"}, gpu_memory_mb=1024)
+    assert c.result(small, timeout=30) == {"n": "small"}
+    time.sleep(0.5)
+    assert c.status(big).state is TaskState.QUEUED
+    assert c.cancel(big)

@@ -86,9 +86,16 @@ def test_store_rereads_the_file_when_it_changes(tmp_path: Path) -> None:
     now[0] = 5.0
     assert store.authenticate(tok) == Principal("late", False, tok.split("_")[1])
     # a broken file keeps the tokens already known
+    good = path.read_text()
     path.write_text("{not json")
     now[0] = 10.0
     assert store.authenticate(tok) is not None
+    # a token removed from the file stops working
+    raw = json.loads(good)
+    raw["tokens"] = []
+    path.write_text(json.dumps(raw))
+    now[0] = 20.0
+    assert store.authenticate(tok) is None
 
 
 def test_missing_file_is_empty_and_broken_file_is_refused(tmp_path: Path) -> None:

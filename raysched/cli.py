@@ -297,7 +297,7 @@ def stop(address: Address = None, config: Config = None) -> None:
         from ray import serve
 
         serve.delete(c.settings.http.app_name)
-    except Exception as exc:  # noqa: BLE001 - no Serve app deployed is fine
+    except Exception as exc:  # no Serve app deployed is fine
         err.print(f"no HTTP app removed: {exc}")
     c.shutdown()
     out.print("scheduler stopped")

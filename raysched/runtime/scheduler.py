@@ -102,6 +102,7 @@ class SchedulerService:
         self._zombies: set[str] = set()  # old attempts not yet confirmed stopped
         self._homed: set[str] = set()  # tasks whose paused state sits on a worker (t.home)
         self._gpu_requests = 0
+        self._backlog_since: dict[str, float] = {}  # pool -> since when work has waited
         self._waits: dict[str, deque[float]] = {}  # recent first-start waits per tier
         self._started = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -228,14 +229,26 @@ class SchedulerService:
                 starting = True
             q = self.core.queues[pool.name]
             head = q.peek()
+            # Grow on a backlog that has lasted scale_up_wait_s: time-sharing (MLFQ quanta) keeps
+            # re-enqueueing tasks, so the head's own wait would understate the pressure.
+            demand = (
+                len(q)
+                + sum(1 for inc, _ in self._reserved.values() if inc.pool == pool.name)
+                + sum(len(w.running) for w in mine)
+            )
+            if demand > sum(w.pool.slots for w in mine):
+                since = self._backlog_since.setdefault(pool.name, now)
+            else:
+                self._backlog_since.pop(pool.name, None)
+                since = None
             if (
-                head is not None
+                since is not None
                 and not starting
                 and n < pool.max_workers
-                and now - head.enqueued_at >= pool.scale_up_wait_s
-                and all(w.free(0) <= 0 for w in mine)
+                and now - since >= pool.scale_up_wait_s
             ):
                 self._spawn(pool)
+                self._backlog_since[pool.name] = now
                 continue
             if n > pool.min_workers and head is None:
                 for w in mine:

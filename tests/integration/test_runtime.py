@@ -216,7 +216,7 @@ def test_pool_grows_under_waiting_work_and_shrinks_when_idle(make_client: Make) 
     c = make_client(pools=[pool])
     wait_ready(c, 1)
     ids = c.submit_batch(
-        [{"kind": "simulate", "payload": sim(150), "tier": "batch"} for _ in range(3)]
+        [{"kind": "simulate", "payload": sim(800), "tier": "batch"} for _ in range(3)]
     )
     deadline = time.monotonic() + 30
     peak = 0

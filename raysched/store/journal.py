@@ -163,7 +163,8 @@ def _fsync_dir(path: Path, fsync: Callable[[int], None]) -> None:
         os.close(fd)
 
 
-def _settle(src: Future[None], dst: asyncio.Future[None]) -> None:
+def settle_future(src: Future[None], dst: asyncio.Future[None]) -> None:
+    """Copy a thread future's outcome onto an asyncio future (both the journal and recorder do)."""
     if dst.done():
         return
     exc = src.exception()
@@ -326,7 +327,7 @@ class Journal:
         except BaseException as exc:
             tick.future.set_exception(exc)
             return
-        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(_settle, f, tick.future))
+        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(settle_future, f, tick.future))
 
     def rotate(self) -> int:
         """Start a new segment for every append queued after this call; returns its number."""

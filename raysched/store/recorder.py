@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from raysched.policy.task import Task
-from raysched.store.journal import Journal
+from raysched.store.journal import Journal, settle_future
 from raysched.store.records import progress_record, state_record, submit_record
 from raysched.store.results import ResultsStore, outcome_of
 
@@ -31,15 +31,6 @@ __all__ = ["Recorder"]
 
 _NEW, _CHANGED, _TOUCHED = 1, 2, 4
 
-
-def _settle(src: Future[None], dst: asyncio.Future[None]) -> None:
-    if dst.done():
-        return
-    exc = src.exception()
-    if exc is None:
-        dst.set_result(None)
-    else:
-        dst.set_exception(exc)
 
 
 class Recorder:
@@ -156,7 +147,7 @@ class Recorder:
         except BaseException as exc:
             fut.set_exception(exc)
             return
-        done.add_done_callback(lambda f: loop.call_soon_threadsafe(_settle, f, fut))
+        done.add_done_callback(lambda f: loop.call_soon_threadsafe(settle_future, f, fut))
 
     def commit_sync(self) -> None:
         """``commit`` for threads that are not an event loop (tests, benchmarks, recovery)."""

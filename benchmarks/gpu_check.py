@@ -54,8 +54,10 @@ def main() -> None:
     solo = c.submit(kind, {"steps": 20, "dim": 2048, "seed": 98}, tier="critical")
     c.result(solo, timeout=300)  # warm: the first GPU task on a worker pays CUDA start-up
     si = c.status(solo)
-    res["warmup_critical"] = {"wait_s": (si.started_at or 0) - si.submitted_at,
-                              "jct_s": (si.finished_at or 0) - si.submitted_at}
+    res["warmup_critical"] = {
+        "wait_s": (si.started_at or 0) - si.submitted_at,
+        "jct_s": (si.finished_at or 0) - si.submitted_at,
+    }
     busy = c.stats()
     res["telemetry_while_busy"] = busy["workers"]
     t_sub = time.time()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -94,8 +95,11 @@ def run_demo(
     from raysched.sim.replay import replay_virtual
 
     rows = _workload(seed, batch, chats, span_s)
+    # The demo journals like a real deployment, into a folder of its own that goes away after.
+    state = tempfile.TemporaryDirectory(prefix="raysched-demo-")
     settings = Settings(
         namespace=f"raysched-demo-{uuid.uuid4().hex[:6]}",
+        state_dir=state.name,
         pools=[PoolSettings(name="default", min_workers=workers, max_workers=workers, slots=1)],
     )
     console.print(
@@ -140,7 +144,14 @@ def run_demo(
                     break
                 time.sleep(0.1)
         infos = {k: client.status(v) for k, v in ids.items()}
-        preemptions = int(client.stats()["preemptions"])
+        final = client.stats()
+        preemptions = int(final["preemptions"])
+        js = final.get("store") or {}
+        console.print(
+            f"journal ({js.get('sync')}): {js.get('journal_records')} records, "
+            f"{js.get('journal_bytes')} bytes in {js.get('journal_writes')} group commits"
+        )
+    state.cleanup()
     elapsed = time.monotonic() - t0
     recs = [TraceRecord(**r) for r in rows]
     fcfs = replay_virtual(recs, "fcfs", workers)

@@ -23,6 +23,7 @@ __all__ = [
     "PoolSettings",
     "ScorerSettings",
     "Settings",
+    "StoreSettings",
 ]
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -168,6 +169,33 @@ class HTTPSettings(BaseModel):
         return self
 
 
+class StoreSettings(BaseModel):
+    """Durability (``raysched.store``): the journal, checkpoints and the results store live under
+    ``<state_dir>/<namespace>/<actor_name>``, so schedulers that share a state directory keep
+    apart and a restarted one finds its own state."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: False keeps the queue in memory only (a restart forgets it): replays, benchmarks' baseline.
+    enabled: bool = True
+    #: Redis AOF semantics (README, "Delivery"): what a crash of the machine can lose.
+    sync: Literal["always", "everysec", "off"] = "everysec"
+    #: A local folder for the journal; default ``<store root>/journal`` (required when
+    #: ``state_dir`` is ``s3://`` or ``gs://``: object stores cannot append or fsync).
+    journal_dir: str | None = None
+    #: A checkpoint is taken this often, or sooner once the journal has grown by
+    #: ``checkpoint_journal_mb`` since the last one.
+    checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    checkpoint_journal_mb: float = Field(default=64.0, gt=0)
+    keep_snapshots: int = Field(default=2, ge=1)
+    #: How often buffered outcomes are written to the results store (they are in the journal
+    #: from the moment the task ends).
+    results_flush_s: float = Field(default=2.0, gt=0)
+    #: Load finished tasks back into the scheduler on recovery, so ``result``/``status`` and
+    #: idempotency keys of finished tasks survive a restart.
+    restore_finished: bool = True
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAYSCHED_", env_nested_delimiter="__", extra="forbid"
@@ -186,6 +214,25 @@ class Settings(BaseSettings):
     #: Step outputs kept per task for streaming.
     max_stream_items: int = Field(default=100_000, ge=0)
     http: HTTPSettings = Field(default_factory=HTTPSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+
+    def store_root(self) -> str:
+        """Where this scheduler's durable state lives (a local path or a URI)."""
+        base = self.state_dir.rstrip("/")
+        if "://" in base and not base.startswith("file://"):
+            return f"{base}/{self.namespace}/{self.actor_name}"
+        return str(Path(base) / self.namespace / self.actor_name)
+
+    def resolved(self) -> Settings:
+        """A copy with local paths made absolute, for processes with another working directory
+        (the scheduler actor, Serve replicas)."""
+        upd: dict[str, Any] = {}
+        if "://" not in self.state_dir:
+            upd["state_dir"] = str(Path(self.state_dir).expanduser().resolve())
+        if self.store.journal_dir is not None:
+            jd = str(Path(self.store.journal_dir).expanduser().resolve())
+            upd["store"] = self.store.model_copy(update={"journal_dir": jd})
+        return self.model_copy(update=upd) if upd else self
 
     def tokens_path(self) -> Path:
         """The HTTP tokens file, absolute (Serve replicas do not share the CLI's cwd)."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import time
 from typing import Any
 
 import ray
@@ -17,6 +19,8 @@ from raysched.runtime.channel import ChannelClient, ChannelServer
 from raysched.runtime.scheduler import SchedulerService
 from raysched.runtime.worker import WorkerCore
 from raysched.settings import PoolSettings, Settings
+from raysched.store.journal import JournalLocked
+from raysched.store.recovery import RecoveredState, recover
 
 __all__ = ["RaySpawner", "SchedulerActor", "WorkerActor", "get_scheduler", "start_scheduler"]
 
@@ -175,9 +179,16 @@ class _SchedulerActor:
     def __init__(self, settings: dict[str, Any]) -> None:
         logging.basicConfig(level=logging.INFO)
         self.settings = Settings.model_validate(settings)
+        # Workers a previous instance left are killed; what they ran is redelivered by recovery
+        # (at-least-once), and events they still send name workers this instance never had.
         _reap_workers(self.settings.namespace)
-        self.svc = SchedulerService(self.settings, RaySpawner(self.settings))
+        store = _recover(self.settings) if self.settings.store.enabled else None
+        self.svc = SchedulerService(self.settings, RaySpawner(self.settings), store=store)
         gc.freeze()
+
+    async def pid(self) -> int:
+        """The actor's process id (fault tests kill it)."""
+        return os.getpid()
 
     async def start(self) -> dict[str, Any]:
         return await self.svc.start()
@@ -230,9 +241,36 @@ class _SchedulerActor:
 SchedulerActor = ray.remote(_SchedulerActor)
 
 
+def _recover(settings: Settings, wait_lock_s: float = 30.0) -> RecoveredState:
+    """Load the durable state before the actor answers anything (Ray queues calls until the
+    constructor returns, so nobody sees a half-loaded queue). A journal still locked by a dying
+    predecessor is waited for."""
+    st = settings.store
+    deadline = time.monotonic() + wait_lock_s
+    while True:
+        try:
+            state = recover(
+                settings.store_root(),
+                st.journal_dir,
+                settings.policy,
+                pools=[p.name for p in settings.pools],
+                sync=st.sync,
+                on_refused=log.warning,
+                restore_finished=st.restore_finished,
+                keep_snapshots=st.keep_snapshots,
+            )
+        except JournalLocked:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+            continue
+        for line in state.report.damaged:
+            log.warning("recovery: %s", line)
+        return state
+
+
 def _reap_workers(namespace: str) -> None:
-    """Kill detached workers a previous scheduler instance left (their work was requeued or, until
-    the durability layer lands, lost with the old instance's memory)."""
+    """Kill detached workers a previous scheduler instance left (recovery requeues their work)."""
     try:
         names = ray.util.list_named_actors(all_namespaces=True)
     except Exception:
@@ -259,7 +297,9 @@ def get_scheduler(settings: Settings) -> Any:
 
 
 def start_scheduler(settings: Settings) -> Any:
-    """Create (or find) the detached scheduler actor and wait until it is ready."""
+    """Create (or find) the detached scheduler actor and wait until it is ready (its state
+    recovered)."""
+    settings = settings.resolved()
     handle: Any = SchedulerActor.options(
         name=settings.actor_name,
         namespace=settings.namespace,

@@ -63,6 +63,8 @@ def replay_on_ray(
             "pools": [
                 PoolSettings(name="default", min_workers=workers, max_workers=workers, slots=1)
             ],
+            # a replay is a measurement: nothing to keep
+            "store": settings.store.model_copy(update={"enabled": False}),
         }
     )
     with local_session(s) as client:

@@ -19,12 +19,19 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from raysched.errors import RayschedError, TaskNotFound, UnknownHandler, ValidationFailed
+from raysched.errors import (
+    RayschedError,
+    SchedulerUnavailable,
+    TaskNotFound,
+    UnknownHandler,
+    ValidationFailed,
+)
 from raysched.handlers import HandlerRegistry, default_registry
 from raysched.models import TaskSpec, TaskState
 from raysched.policy.core import Decision, SchedulerCore
 from raysched.policy.task import Task
 from raysched.settings import PoolSettings, Settings
+from raysched.store.recovery import RecoveredState
 
 __all__ = ["SchedulerService", "WorkerSpawner", "error_dict"]
 
@@ -85,13 +92,20 @@ class SchedulerService:
         spawner: WorkerSpawner,
         *,
         clock: Callable[[], float] = time.time,
+        store: RecoveredState | None = None,
     ) -> None:
         self.settings = settings
         self.spawner = spawner
         self.clock = clock
-        self.core = SchedulerCore(
-            settings.policy, pools=[p.name for p in settings.pools], on_refused=log.warning
-        )
+        #: Durable state (journal, checkpoints, results); None keeps everything in memory.
+        self.store = store
+        self.recorder = store.recorder if store is not None else None
+        if store is not None:
+            self.core = store.core
+        else:
+            self.core = SchedulerCore(
+                settings.policy, pools=[p.name for p in settings.pools], on_refused=log.warning
+            )
         self.registry: HandlerRegistry = default_registry(settings.handlers)
         self.pools = {p.name: p for p in settings.pools}
         self.workers: dict[str, _Worker] = {}
@@ -110,6 +124,14 @@ class SchedulerService:
         self._wake: asyncio.Event | None = None
         self.started_at = clock()
         self.dispatched = 0
+        self._gpu_requests = sum(1 for t in self.core.tasks.values() if t.gpu_memory_mb is not None)
+        # store housekeeping: next checkpoint / results flush, journal size at the last checkpoint
+        self._next_checkpoint = self.started_at + settings.store.checkpoint_interval_s
+        self._next_results = 0.0
+        self._checkpoint_bytes = 0
+        self._checkpointing = False
+        self.checkpoints_taken = 0
+        self._store_error: str | None = None
 
     # -- start-up -------------------------------------------------------------------------------
     async def start(self) -> dict[str, Any]:
@@ -120,7 +142,21 @@ class SchedulerService:
                 for _ in range(pool.min_workers):
                     self._spawn(pool)
             self._loop_task = asyncio.create_task(self._run())
-        return {"ready": True, "workers": len(self.workers)}
+        out: dict[str, Any] = {"ready": True, "workers": len(self.workers)}
+        if self.store is not None:
+            rep = self.store.report
+            # recovery runs before the service exists, so by now the state is loaded
+            out["recovered"] = True
+            out["recovery"] = {
+                "seconds": round(rep.seconds, 3),
+                "live": rep.live,
+                "finished": rep.finished,
+                "requeued": rep.requeued,
+                "snapshot": rep.snapshot,
+                "journal_records": rep.journal_records,
+                "damaged": list(rep.damaged),
+            }
+        return out
 
     def _bg_task(self, coro: Awaitable[Any]) -> None:
         t: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -192,8 +228,73 @@ class SchedulerService:
                     next_scale = now + 0.2
                     self._scale(now)
                 self._dispatch(now)
+                if self.store is not None:
+                    self._persist(now)
             except Exception:  # pragma: no cover - keep the loop alive, say why
                 log.exception("scheduler loop error")
+
+    # -- durability -----------------------------------------------------------------------------
+    def _persist(self, now: float) -> None:
+        """Journal what changed (without waiting), and run the periodic store chores."""
+        store = self.store
+        assert store is not None and self.recorder is not None
+        self._flush()
+        if self._checkpointing:
+            return
+        cfg = self.settings.store
+        grown = store.journal.stats.bytes - self._checkpoint_bytes
+        if grown > 0 and (
+            now >= self._next_checkpoint or grown >= cfg.checkpoint_journal_mb * (1 << 20)
+        ):
+            self._checkpointing = True
+            self._bg_task(self._checkpoint())
+        elif store.results.pending and now >= self._next_results:
+            self._next_results = now + cfg.results_flush_s
+            self._bg_task(self._flush_results())
+
+    def _flush(self) -> None:
+        if self.recorder is None:
+            return
+        try:
+            self.recorder.flush()
+        except Exception as exc:  # the journal failed: acknowledgements now fail (see _commit)
+            if self._store_error is None:
+                log.error("journal write failed: %s", exc)
+            self._store_error = str(exc)
+
+    async def _commit(self) -> dict[str, Any] | None:
+        """Wait until the journal holds every change so far: call before acknowledging. Returns
+        an error body when it cannot (the caller answers with it instead of an acknowledgement)."""
+        if self.recorder is None:
+            return None
+        try:
+            await self.recorder.commit()
+        except Exception as exc:
+            self._store_error = str(exc)
+            log.error("journal write failed: %s", exc)
+            return error_dict(SchedulerUnavailable(f"the journal cannot be written: {exc}"))
+        return None
+
+    async def _checkpoint(self) -> None:
+        store = self.store
+        assert store is not None
+        try:
+            info = await store.checkpoint_async()
+            self.checkpoints_taken += 1
+            log.info("checkpoint %s: %d tasks", info.name, info.tasks)
+        except Exception:
+            log.exception("checkpoint failed (the journal still has everything)")
+        finally:
+            self._checkpointing = False
+            self._checkpoint_bytes = store.journal.stats.bytes
+            self._next_checkpoint = self.clock() + self.settings.store.checkpoint_interval_s
+
+    async def _flush_results(self) -> None:
+        assert self.store is not None
+        try:
+            await asyncio.to_thread(self.store.results.flush)
+        except Exception as exc:  # kept in the buffer and in the journal; retried later
+            log.warning("results flush failed: %s", exc)
 
     def _timeout(self, t: Task, now: float) -> None:
         msg = f"timed out after {t.timeout_s}s"
@@ -400,6 +501,7 @@ class SchedulerService:
             except RayschedError as exc:  # pragma: no cover - refused transitions are logged
                 log.warning("event %s from %s: %s", ev.get("t"), wid, exc)
         self._dispatch(now)
+        self._flush()
         return len(events)
 
     def _on_event(self, w: _Worker, ev: dict[str, Any], now: float) -> None:
@@ -419,6 +521,8 @@ class SchedulerService:
                 return
             self._append_outputs(t, ev["out"])
             d = self.core.progress(t, ev["service"], ev["steps"], now, requeue=False)
+            if self.recorder is not None:
+                self.recorder.touch(t)  # steps and service: a resume restarts from here
             if d is Decision.YIELD and tid not in self._stopping:
                 self._stop_on(w.id, tid, "pause", now)
             return
@@ -496,7 +600,12 @@ class SchedulerService:
             accepted = self.core.submit_many(tasks, now)
         except RayschedError as exc:
             return error_dict(exc)
+        # Dispatch first (latency): the journal record then carries the current state anyway,
+        # and nothing is acknowledged before the journal has it.
         self._dispatch(now)
+        err = await self._commit()
+        if err is not None:
+            return err
         return {"ids": [t.id for t in accepted], "states": [t.state.value for t in accepted]}
 
     def _task_from(self, d: dict[str, Any], now: float, tenant: str | None) -> Task:
@@ -625,6 +734,9 @@ class SchedulerService:
         self._notify(t)
         self._notify_all(waiting)
         self._dispatch(now)
+        err = await self._commit()
+        if err is not None:
+            return err
         return {"cancelled": True, "state": t.state.value}
 
     async def wait(self, ids: list[str], timeout: float | None = None) -> list[dict[str, Any]]:
@@ -664,6 +776,19 @@ class SchedulerService:
         }
         s["dispatched"] = self.dispatched
         s["uptime_s"] = self.clock() - self.started_at
+        if self.store is not None:
+            js = self.store.journal.stats
+            s["store"] = {
+                "sync": self.store.journal.sync_policy,
+                "journal_bytes": js.bytes,
+                "journal_records": js.records,
+                "journal_writes": js.writes,
+                "journal_syncs": js.syncs,
+                "checkpoints": self.checkpoints_taken,
+                "results_pending": self.store.results.pending,
+                "error": self._store_error,
+                "recovery_s": round(self.store.report.seconds, 3),
+            }
         s["rss_mb"] = _rss_mb()
         return s
 
@@ -676,9 +801,15 @@ class SchedulerService:
                     pass
 
     async def shutdown(self) -> int:
+        """Stop the workers and close the store (the queue stays in it for the next start)."""
         n = 0
         for w in list(self.workers.values()):
             self.workers.pop(w.id, None)
             self.spawner.kill(w.handle)
             n += 1
+        if self.store is not None:
+            store, self.store, self.recorder = self.store, None, None
+            if self._loop_task is not None:
+                self._loop_task.cancel()
+            await asyncio.to_thread(store.close)
         return n

@@ -32,7 +32,6 @@ __all__ = ["Recorder"]
 _NEW, _CHANGED, _TOUCHED = 1, 2, 4
 
 
-
 class Recorder:
     """Installs itself as a lifecycle watcher of ``core``; ``results`` (optional) receives
     outcomes."""

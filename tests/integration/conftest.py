@@ -29,10 +29,13 @@ def ray_cluster() -> Iterator[None]:
 
 
 @pytest.fixture
-def make_client(ray_cluster: None) -> Iterator[Callable[..., Client]]:
+def make_client(
+    ray_cluster: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Client]]:
     made: list[Client] = []
 
     def make(pools: list[PoolSettings] | None = None, **kw: object) -> Client:
+        kw.setdefault("state_dir", str(tmp_path_factory.mktemp("state")))
         s = Settings(
             namespace=f"raysched-test-{uuid.uuid4().hex[:8]}",
             actor_name=f"sched-{uuid.uuid4().hex[:6]}",

@@ -1,0 +1,142 @@
+"""Durability against a real Ray: the scheduler actor's process killed with SIGKILL several times
+in one run, worker actors killed at random. Every acknowledged task must end ``succeeded``, and
+the results store (the Parquet files themselves, read here with pyarrow) must hold each exactly
+once."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from raysched.client import Client
+from raysched.settings import PoolSettings
+
+from .conftest import wait_ready
+
+pytestmark = pytest.mark.ray
+
+Make = Callable[..., Client]
+
+
+def _specs(prefix: str, lo: int, hi: int, tokens: int = 8) -> list[dict[str, object]]:
+    return [
+        {
+            "id": f"{prefix}-{i:05d}",
+            "kind": "simulate",
+            "payload": {"output_tokens": tokens, "decode_s_per_token": 0.005, "i": i},
+        }
+        for i in range(lo, hi)
+    ]
+
+
+def _results_rows(c: Client) -> list[dict[str, object]]:
+    """Every row of every results Parquet file, duplicates included."""
+    folder = Path(c.settings.store_root()) / "results"
+    rows: list[dict[str, object]] = []
+    if folder.is_dir():
+        for f in sorted(folder.glob("part-*.parquet")):
+            rows.extend(pq.read_table(f, columns=["id", "state", "attempts"]).to_pylist())
+    return rows
+
+
+def _wait_done(c: Client, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if c.progress()["completed"] >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"only {c.progress()} of {n} done after {timeout}s")
+
+
+def _check_exactly_once(
+    c: Client, ids: list[str], timeout: float = 60.0
+) -> list[dict[str, object]]:
+    """All ids succeeded (the scheduler's view), and the results files hold each exactly once."""
+    infos = c.wait(ids, timeout=timeout)
+    bad = [(i.id, i.state.value) for i in infos if i.state.value != "succeeded"]
+    assert not bad, bad[:10]
+    deadline = time.monotonic() + timeout
+    while True:  # outcomes reach the results files within results_flush_s
+        rows = _results_rows(c)
+        if {r["id"] for r in rows} >= set(ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    by_id: dict[object, int] = {}
+    for r in rows:
+        by_id[r["id"]] = by_id.get(r["id"], 0) + 1
+    missing = set(ids) - set(by_id)
+    dups = {k: v for k, v in by_id.items() if v > 1}
+    assert not missing, sorted(missing)[:10]
+    assert not dups, list(dups.items())[:10]
+    assert all(r["state"] == "succeeded" for r in rows)
+    return rows
+
+
+def _actor_pid(c: Client) -> int:
+    h = ray.get_actor(c.settings.actor_name, namespace=c.settings.namespace)
+    return int(ray.get(h.pid.remote(), timeout=60))
+
+
+def test_scheduler_process_killed_three_times(make_client: Make) -> None:
+    c = make_client(pools=[PoolSettings(min_workers=2, max_workers=2, slots=8)])
+    wait_ready(c, 2)
+    n, first = 3000, 1500
+    ids = c.submit_batch(_specs("k", 0, first))
+    pids = [_actor_pid(c)]
+    submitted = first
+    for _ in range(3):
+        # let some of the work finish, then kill the actor's process mid-run
+        target = c.progress()["completed"] + 150
+        deadline = time.monotonic() + 60
+        while c.progress()["completed"] < target and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(pids[-1], signal.SIGKILL)
+        # submissions during the restart: the client retries with the same ids
+        hi = submitted + (n - first) // 3
+        ids += c.submit_batch(_specs("k", submitted, hi))
+        submitted = hi
+        pids.append(_actor_pid(c))
+        assert pids[-1] != pids[-2], "the actor was not restarted"
+    assert submitted == n and len(set(ids)) == n
+    _wait_done(c, n, timeout=240)
+    rows = _check_exactly_once(c, ids)
+    # the kills hit running work: some tasks were redelivered (their attempt counted)
+    assert any(int(r["attempts"]) > 1 for r in rows)  # type: ignore[call-overload]
+    assert c.stats()["store"]["error"] is None
+
+
+def test_worker_actors_killed_at_random(make_client: Make) -> None:
+    c = make_client(
+        pools=[PoolSettings(min_workers=3, max_workers=3, slots=4)],
+        policy={"max_redeliveries": 20},
+    )
+    wait_ready(c, 3)
+    n = 1200
+    ids = c.submit_batch(_specs("w", 0, n, tokens=10))
+    rng = random.Random(7)
+    killed = 0
+    deadline = time.monotonic() + 120
+    while c.progress()["completed"] < n * 0.8 and killed < 6 and time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.5, 1.5))
+        workers = [
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == c.settings.namespace and a["name"].startswith("raysched-w-")
+        ]
+        if not workers:
+            continue
+        victim = ray.get_actor(rng.choice(workers), namespace=c.settings.namespace)
+        ray.kill(victim, no_restart=True)
+        killed += 1
+    assert killed >= 3
+    _wait_done(c, n, timeout=240)
+    rows = _check_exactly_once(c, ids)
+    assert any(int(r["attempts"]) > 1 for r in rows)  # type: ignore[call-overload]

@@ -180,6 +180,10 @@ class StoreSettings(BaseModel):
     enabled: bool = True
     #: Redis AOF semantics (README, "Delivery"): what a crash of the machine can lose.
     sync: Literal["always", "everysec", "off"] = "everysec"
+    #: Changes that need no acknowledgement (a task started, progressed or ended) reach the
+    #: journal within this time; a process crash can lose them (the task then runs again:
+    #: at-least-once). Submissions and cancels are journaled before they are acknowledged.
+    flush_interval_s: float = Field(default=0.02, ge=0, le=1.0)
     #: A local folder for the journal; default ``<store root>/journal`` (required when
     #: ``state_dir`` is ``s3://`` or ``gs://``: object stores cannot append or fsync).
     journal_dir: str | None = None

@@ -194,6 +194,8 @@ class ChannelClient:
         self._seq = 0
         self._unacked: dict[int, tuple[str, Any]] = {}  # in sequence order
         self._bg: set[asyncio.Future[None]] = set()
+        #: Set when the socket drops (the worker process may have died with its node).
+        self.lost = asyncio.Event()
 
     async def connect(self, info: dict[str, Any], timeout: float = 5.0) -> None:
         loop = asyncio.get_running_loop()
@@ -236,6 +238,7 @@ class ChannelClient:
         if not self.alive:
             return
         self.alive = False
+        self.lost.set()
         pending, self._unacked = self._unacked, {}
         if pending:
             log.warning(

@@ -4,6 +4,7 @@ the registry (clients find it by name) and, with one name, the leader election."
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -54,6 +55,7 @@ class _WorkerActor:
 
     async def ready(self) -> dict[str, Any]:
         info = await self.core.ready()
+        info.setdefault("telemetry", {})["node_id"] = ray.get_runtime_context().get_node_id()
         if self._chan is None:
             self._chan = ChannelServer(self._on_frame)
             gc.freeze()  # start-up objects (Ray, imports) leave the collector's scans: fewer pauses
@@ -88,7 +90,7 @@ class _WorkerActor:
         return await self.core.stop(tid, kind)
 
     async def telemetry(self) -> dict[str, Any]:
-        return self.core.telemetry()
+        return {**self.core.telemetry(), "node_id": ray.get_runtime_context().get_node_id()}
 
     async def shutdown(self) -> None:
         await self.core.shutdown()
@@ -160,6 +162,13 @@ class RaySpawner:
 
     def lease(self, handle: _WorkerRef) -> Any:
         return handle.actor.lease.remote()
+
+    async def channel_lost(self, handle: _WorkerRef) -> None:
+        """Returns when the direct channel to the worker drops (never without one)."""
+        if handle.chan is None:
+            await asyncio.Event().wait()
+        else:
+            await handle.chan.lost.wait()
 
     def assign(self, handle: _WorkerRef, items: list[tuple[str, str, Any, int]]) -> Any:
         if handle.chan is not None:

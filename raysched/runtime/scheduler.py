@@ -131,7 +131,9 @@ class SchedulerService:
         self._checkpoint_bytes = 0
         self._checkpointing = False
         self.checkpoints_taken = 0
+        self.checkpoint_tasks = 0  # tasks in the newest checkpoint
         self._store_error: str | None = None
+        self._flush_handle: asyncio.TimerHandle | None = None
 
     # -- start-up -------------------------------------------------------------------------------
     async def start(self) -> dict[str, Any]:
@@ -176,10 +178,38 @@ class SchedulerService:
             w.ready = True
             w.telemetry = dict(info.get("telemetry", {})) if isinstance(info, dict) else {}
             self._kick()
-            await self.spawner.lease(w.handle)
+            await self._until_gone(w)
         except Exception as exc:
             log.warning("worker %s lost: %s", w.id, exc)
         self._worker_gone(w, "worker died")
+
+    async def _until_gone(self, w: _Worker) -> None:
+        """Returns (or raises) when the worker is gone. Ray reports an actor's death through its
+        lease call, but only once it has noticed the node died (which can take long); a dropped
+        direct channel is noticed at once, so then the worker is asked whether it is still
+        there, and one that does not answer within ``stop_grace_s`` is replaced."""
+        lease = asyncio.ensure_future(self.spawner.lease(w.handle))
+        channel_lost = getattr(self.spawner, "channel_lost", None)
+        if channel_lost is None:
+            await lease
+            return
+        lost = asyncio.ensure_future(channel_lost(w.handle))
+        try:
+            done, _ = await asyncio.wait({lease, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if lease in done:
+                lease.result()
+                return
+            try:
+                await asyncio.wait_for(self.spawner.telemetry(w.handle), self.settings.stop_grace_s)
+            except Exception as exc:
+                log.warning("worker %s: channel lost and no answer (%s); replacing it", w.id, exc)
+                self.spawner.kill(w.handle)
+                return
+            await lease  # alive: it stays on Ray calls
+        finally:
+            for f in (lease, lost):
+                if not f.done():
+                    f.cancel()
 
     def _worker_gone(self, w: _Worker, reason: str) -> None:
         if self.workers.pop(w.id, None) is None:
@@ -238,7 +268,7 @@ class SchedulerService:
         """Journal what changed (without waiting), and run the periodic store chores."""
         store = self.store
         assert store is not None and self.recorder is not None
-        self._flush()
+        self._flush_soon()
         if self._checkpointing:
             return
         cfg = self.settings.store
@@ -252,7 +282,18 @@ class SchedulerService:
             self._next_results = now + cfg.results_flush_s
             self._bg_task(self._flush_results())
 
+    def _flush_soon(self) -> None:
+        """Journal the changes that need no acknowledgement (starts, progress, outcomes) within
+        ``store.flush_interval_s``: a task that starts and ends in that window costs one record,
+        and many worker reports share one write. Acknowledgements still wait (``_commit``)."""
+        if self.recorder is None or self._flush_handle is not None:
+            return
+        self._flush_handle = asyncio.get_running_loop().call_later(
+            self.settings.store.flush_interval_s, self._flush
+        )
+
     def _flush(self) -> None:
+        self._flush_handle = None
         if self.recorder is None:
             return
         try:
@@ -281,6 +322,7 @@ class SchedulerService:
         try:
             info = await store.checkpoint_async()
             self.checkpoints_taken += 1
+            self.checkpoint_tasks = info.tasks
             log.info("checkpoint %s: %d tasks", info.name, info.tasks)
         except Exception:
             log.exception("checkpoint failed (the journal still has everything)")
@@ -501,7 +543,7 @@ class SchedulerService:
             except RayschedError as exc:  # pragma: no cover - refused transitions are logged
                 log.warning("event %s from %s: %s", ev.get("t"), wid, exc)
         self._dispatch(now)
-        self._flush()
+        self._flush_soon()
         return len(events)
 
     def _on_event(self, w: _Worker, ev: dict[str, Any], now: float) -> None:
@@ -785,6 +827,7 @@ class SchedulerService:
                 "journal_writes": js.writes,
                 "journal_syncs": js.syncs,
                 "checkpoints": self.checkpoints_taken,
+                "checkpoint_tasks": self.checkpoint_tasks,
                 "results_pending": self.store.results.pending,
                 "error": self._store_error,
                 "recovery_s": round(self.store.report.seconds, 3),

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from raysched.models import TaskState
 from raysched.policy.task import Task
+from raysched.store.journal import dumps, loads
 from raysched.store.location import TMP_PREFIX, StateDir
 from raysched.store.records import STATE_FIELDS
 
@@ -136,7 +137,6 @@ _SPARSE: tuple[tuple[str, Any], ...] = (
 )
 BUILT_SLOTS = frozenset((*_BUILD, "qkey"))
 _STATES = {s.value: s for s in TaskState}
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr)
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ def tasks_from_table(table: pa.Table) -> tuple[list[Task], set[str]]:
             tasks[k].depends_on = v
     idx, texts = sparse_items(table.column("payload"), None)
     if idx:
-        decoded = json.loads("[" + ",".join(texts) + "]")
+        decoded = loads("[" + ",".join(texts) + "]")
         for k, v in zip(idx, decoded, strict=True):
             if v is not None:
                 tasks[k].payload = v
@@ -307,7 +307,7 @@ class Checkpoints:
         for name, _ in _COLUMNS:
             if name not in cols:
                 cols[name] = list(map(operator.attrgetter(name), snap.tasks))
-        cols["payload"] = [None if p is None else _JSON.encode(p) for p in cols["payload"]]
+        cols["payload"] = [None if p is None else dumps(p).decode() for p in cols["payload"]]
         table = pa.Table.from_pydict(cols, schema=TASK_SCHEMA)
         return table.replace_schema_metadata({META_KEY: json.dumps(snap.meta).encode()})
 

@@ -19,10 +19,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from raysched.models import TaskState
 from raysched.policy.task import Task
 from raysched.store.journal import Journal, settle_future
 from raysched.store.records import progress_record, state_record, submit_record
-from raysched.store.results import ResultsStore, outcome_of
+from raysched.store.results import ResultsStore
 
 if TYPE_CHECKING:
     from raysched.policy.core import SchedulerCore
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["Recorder"]
 
 _NEW, _CHANGED, _TOUCHED = 1, 2, 4
+_TERMINAL = frozenset(s for s in TaskState if s.terminal)
 
 
 class Recorder:
@@ -74,7 +76,9 @@ class Recorder:
             return []
         core = self.core
         tasks, counters, is_final = core.tasks, core.fair.counters, core.is_final
+        terminal = _TERMINAL
         out: list[dict[str, Any]] = []
+        append = out.append
         ended: list[Task] = []
         raised = self._raised_parents(dirty)
         if raised:
@@ -85,18 +89,18 @@ class Recorder:
             if t is None:
                 continue
             fc = counters.get(t.tenant)
-            retrying = t.state.terminal and not is_final(t)
+            final = t.state in terminal and is_final(t)
+            retrying = t.state in terminal and not final
             if flags & _NEW:
-                out.append(submit_record(t, fc, retrying=retrying))
+                append(submit_record(t, fc, retrying=retrying))
             elif flags & _CHANGED:
-                out.append(state_record(t, retrying=retrying, fc=fc))
+                append(state_record(t, retrying=retrying, fc=fc))
             else:
-                out.append(progress_record(t, fc))
-            if flags & (_NEW | _CHANGED) and t.state.terminal and is_final(t):
+                append(progress_record(t, fc))
+            if final and flags & (_NEW | _CHANGED):
                 ended.append(t)
         if ended and self.results is not None:
-            now = self.clock()
-            self.results.add([outcome_of(t, now) for t in ended])
+            self.results.add_tasks(ended, self.clock())
         return out
 
     def _raised_parents(self, dirty: dict[str, int]) -> list[str]:

@@ -93,16 +93,58 @@ _KIND_OF = {
 }
 
 
-def _put_state(rec: dict[str, Any], t: Task) -> None:
-    rec["state"] = t.state.value
+# Records are built on the submit path, so the builders read fields directly (no per-field
+# ``getattr`` loop); the rarely set fields (kept in the task's ``__dict__`` only once set, see
+# ``Task``) are found by walking that dict, usually 0-2 entries. ``test_records`` checks the
+# output against the field tables above.
+_SLOTS = frozenset(Task.__slots__)
+#: ``__dict__`` fields a state record holds (name -> default), and those a submit record holds.
+_DICT_STATE = {n: d for n, d in STATE_FIELDS[2:] if n not in _SLOTS}
+_DICT_SUBMIT = {**{n: d for n, d in RARE_SPEC if n not in _SLOTS}, **_DICT_STATE}
+assert {n for n, _ in STATE_FIELDS[2:] if n in _SLOTS} == {
+    "level",
+    "depth",
+    "attempts",
+    "service_s",
+    "quantum_used",
+    "steps",
+    "started_at",
+}, "update _put_state"
+assert all(n not in _SLOTS for n, _ in RARE_SPEC), "update submit_record"
+_MISSING = object()
+_VALUE = {s: s.value for s in TaskState}
+
+
+def _put_state(rec: dict[str, Any], t: Task, fields: dict[str, Any]) -> None:
+    st = t.state
+    rec["state"] = _VALUE[st]
     if t.enqueued_at != t.arrival:
         rec["enqueued_at"] = t.enqueued_at
-    for name, default in STATE_FIELDS[2:]:
-        v = getattr(t, name)
-        if v != default:
-            rec[name] = v
-    if t.state is S.SUCCEEDED and t.result is not None:
-        rec["result"] = t.result
+    # the slot fields of STATE_FIELDS, whose defaults are all zero
+    if t.level:
+        rec["level"] = t.level
+    if t.depth:
+        rec["depth"] = t.depth
+    if t.attempts:
+        rec["attempts"] = t.attempts
+    if t.service_s:
+        rec["service_s"] = t.service_s
+    if t.quantum_used:
+        rec["quantum_used"] = t.quantum_used
+    if t.steps:
+        rec["steps"] = t.steps
+    if t.started_at:
+        rec["started_at"] = t.started_at
+    extra = t.__dict__
+    if extra:
+        for name, v in extra.items():
+            default = fields.get(name, _MISSING)
+            if default is not _MISSING and v != default:
+                rec[name] = v
+        if st is S.SUCCEEDED:
+            result = extra.get("result")
+            if result is not None:
+                rec["result"] = result
 
 
 def submit_record(t: Task, fc: float | None = None, *, retrying: bool = False) -> dict[str, Any]:
@@ -113,16 +155,17 @@ def submit_record(t: Task, fc: float | None = None, *, retrying: bool = False) -
         "priority": t.priority,
         "arrival": t.arrival,
         "seq": t.seq,
+        "prompt_tokens": t.prompt_tokens,
+        "tenant": t.tenant,
+        "tier": t.tier,
+        "kind": t.kind,
+        "pool": t.pool,
     }
-    for name in HOT_SPEC:
-        v = getattr(t, name)
-        if v is not None:
-            rec[name] = v
-    for name, default in RARE_SPEC:
-        v = getattr(t, name)
-        if v != default:
-            rec[name] = v
-    _put_state(rec, t)
+    if t.size_hint is not None:
+        rec["size_hint"] = t.size_hint
+    if t.deadline is not None:
+        rec["deadline"] = t.deadline
+    _put_state(rec, t, _DICT_SUBMIT)
     if retrying:
         rec["retrying"] = True
     if fc:
@@ -134,7 +177,7 @@ def state_record(t: Task, *, retrying: bool = False, fc: float | None = None) ->
     """A full state record after a transition. ``retrying``: failed or timed out with a retry
     still to come (``SchedulerCore.is_final`` is false)."""
     rec: dict[str, Any] = {"k": "retry" if retrying else _KIND_OF[t.state], "id": t.id}
-    _put_state(rec, t)
+    _put_state(rec, t, _DICT_STATE)
     if retrying:
         rec["retrying"] = True
     if fc:

@@ -8,8 +8,8 @@ outcome may be added more than once (a redelivery, a journal replay), but reads 
 
 from __future__ import annotations
 
-import json
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -18,7 +18,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raysched.models import TaskState
 from raysched.policy.task import Task
+from raysched.store.journal import dumps, loads
 from raysched.store.location import TMP_PREFIX, StateDir
 
 __all__ = ["RESULT_SCHEMA", "ResultsStore", "decode_results", "outcome_of"]
@@ -53,7 +55,6 @@ RESULT_SCHEMA = pa.schema(
     ]
 )
 _NAMES = RESULT_SCHEMA.names
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr)
 
 
 def outcome_of(t: Task, recorded_at: float) -> dict[str, Any]:
@@ -84,6 +85,23 @@ def outcome_of(t: Task, recorded_at: float) -> dict[str, Any]:
     }
 
 
+_TASK_COLUMNS = [n for n in _NAMES if n not in ("state", "result", "recorded_at")]
+_STATE_VALUE = {s: s.value for s in TaskState}
+
+
+def _tasks_table(pairs: list[tuple[Task, float]]) -> pa.Table:
+    """``outcome_of`` for many final tasks at once, straight into columns."""
+    tasks = [t for t, _ in pairs]
+    cols: dict[str, list[Any]] = {
+        n: list(map(operator.attrgetter(n), tasks)) for n in _TASK_COLUMNS
+    }
+    cols["state"] = [_STATE_VALUE[t.state] for t in tasks]
+    ok = TaskState.SUCCEEDED
+    cols["result"] = [dumps(t.result).decode() if t.state is ok else None for t in tasks]
+    cols["recorded_at"] = [at for _, at in pairs]
+    return pa.Table.from_pydict(cols, schema=RESULT_SCHEMA)
+
+
 def _part_no(name: str) -> int | None:
     if name.startswith("part-") and name.endswith(".parquet") and name[5:-8].isdigit():
         return int(name[5:-8])
@@ -92,7 +110,7 @@ def _part_no(name: str) -> int | None:
 
 def decode_results(strings: list[str | None]) -> list[Any]:
     """JSON-decode a column of results in one parser call (``None`` stays ``None``)."""
-    return list(json.loads("[" + ",".join("null" if s is None else s for s in strings) + "]"))
+    return list(loads("[" + ",".join("null" if s is None else s for s in strings) + "]"))
 
 
 class ResultsStore:
@@ -111,7 +129,8 @@ class ResultsStore:
         self.clock = clock
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._buffer: list[dict[str, Any]] = []
+        # outcome rows, or (task, recorded_at) for final tasks whose row is built at flush time
+        self._buffer: list[dict[str, Any] | tuple[Task, float]] = []
         self._index: dict[str, dict[str, Any]] | None = None
         self._next_part: int | None = None
         self.files_written = 0
@@ -131,9 +150,18 @@ class ResultsStore:
                     self._index.setdefault(r["id"], r)
         return len(rows)
 
-    def add_tasks(self, tasks: Iterable[Task]) -> int:
-        now = self.clock()
-        return self.add(outcome_of(t, now) for t in tasks)
+    def add_tasks(self, tasks: Iterable[Task], now: float | None = None) -> int:
+        """Buffer the outcomes of final tasks (they no longer change): their rows are built at
+        flush time, column by column, which is several times cheaper than ``outcome_of``."""
+        if now is None:
+            now = self.clock()
+        pairs = [(t, now) for t in tasks]
+        with self._lock:
+            self._buffer.extend(pairs)
+            if self._index is not None:
+                for t, _ in pairs:
+                    self._index.setdefault(t.id, outcome_of(t, now))
+        return len(pairs)
 
     def flush(self) -> str | None:
         """Write the buffered outcomes as one file; returns its name (None if nothing to do).
@@ -163,10 +191,13 @@ class ResultsStore:
         return max(nums) + 1 if nums else 0
 
     @staticmethod
-    def _to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    def _to_table(entries: list[dict[str, Any] | tuple[Task, float]]) -> pa.Table:
+        if all(type(e) is tuple for e in entries):
+            return _tasks_table(entries)  # type: ignore[arg-type]
+        rows = [e if isinstance(e, dict) else outcome_of(*e) for e in entries]
         cols: dict[str, list[Any]] = {n: [r.get(n) for r in rows] for n in _NAMES}
         cols["result"] = [
-            None if r.get("state") != "succeeded" else _JSON.encode(r.get("result")) for r in rows
+            None if r["state"] != "succeeded" else dumps(r["result"]).decode() for r in rows
         ]
         return pa.Table.from_pydict(cols, schema=RESULT_SCHEMA)
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
+import textwrap
 import uuid
 from collections.abc import Iterator
 
@@ -14,7 +18,13 @@ import pytest
 pytestmark = pytest.mark.ray
 
 NS = f"raysched-cli-{uuid.uuid4().hex[:6]}"
-ENV = {**os.environ, "RAYSCHED_NAMESPACE": NS, "RAY_AUTH_MODE": "token"}
+STATE = tempfile.mkdtemp(prefix="raysched-cli-state-")
+ENV = {
+    **os.environ,
+    "RAYSCHED_NAMESPACE": NS,
+    "RAYSCHED_STATE_DIR": STATE,
+    "RAY_AUTH_MODE": "token",
+}
 
 
 def rs(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -32,6 +42,18 @@ def cli_cluster() -> Iterator[None]:
     finally:
         rs("stop", timeout=60)
         subprocess.run(["ray", "stop", "--force"], capture_output=True, env=ENV, timeout=120)
+        shutil.rmtree(STATE, ignore_errors=True)
+
+
+def py(code: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """A driver script against the running cluster (a user's Python program)."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+    )
 
 
 def test_unreachable_before_start() -> None:
@@ -67,3 +89,49 @@ def test_cli_round_trip(cli_cluster: None) -> None:
     r = rs("stop")
     assert r.returncode == 0
     assert rs("status").returncode == 3
+
+
+def test_queue_survives_a_cluster_restart(cli_cluster: None) -> None:
+    """`ray stop --force` with work queued, a brand-new Ray, `raysched start` on the same state
+    directory: the queue comes back and drains."""
+    r = rs("start")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = py(
+        """
+        import json, ray
+        from raysched.client import connect
+        from raysched.settings import Settings
+        ray.init(address="auto", namespace="driver", log_to_driver=False)
+        c = connect(start=False, settings=Settings())
+        specs = [{"kind": "simulate", "tier": "batch",
+                  "payload": {"output_tokens": 5, "decode_s_per_token": 0.01, "n": i}}
+                 for i in range(200)]
+        print(json.dumps(c.submit_batch(specs)))
+        """
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    ids = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(ids) == 200
+    # the whole cluster goes, with the scheduler and its workers, mid-run
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, env=ENV, timeout=120)
+    r = rs("start")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = py(
+        f"""
+        import json, ray
+        from raysched.client import connect
+        from raysched.settings import Settings
+        ray.init(address="auto", namespace="driver", log_to_driver=False)
+        s = Settings()
+        h = ray.get_actor(s.actor_name, namespace=s.namespace)
+        rec = ray.get(h.start.remote())["recovery"]
+        c = connect(start=False, settings=s)
+        infos = c.wait({ids!r}, timeout=180)
+        print(json.dumps({{"recovery": rec, "states": [i.state.value for i in infos]}}))
+        """
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["recovery"]["live"] > 0, out["recovery"]  # work was still queued at the stop
+    assert out["states"] == ["succeeded"] * 200
+    assert rs("stop").returncode == 0

@@ -277,6 +277,8 @@ class SchedulerService:
             now >= self._next_checkpoint or grown >= cfg.checkpoint_journal_mb * (1 << 20)
         ):
             self._checkpointing = True
+            # measured at the start: what is written while the snapshot is taken needs the next
+            self._checkpoint_bytes = store.journal.stats.bytes
             self._bg_task(self._checkpoint())
         elif store.results.pending and now >= self._next_results:
             self._next_results = now + cfg.results_flush_s
@@ -328,7 +330,6 @@ class SchedulerService:
             log.exception("checkpoint failed (the journal still has everything)")
         finally:
             self._checkpointing = False
-            self._checkpoint_bytes = store.journal.stats.bytes
             self._next_checkpoint = self.clock() + self.settings.store.checkpoint_interval_s
 
     async def _flush_results(self) -> None:

@@ -34,7 +34,7 @@ from raysched.models import TaskState
 from raysched.policy.task import Task
 from raysched.store.journal import dumps, loads
 from raysched.store.location import TMP_PREFIX, StateDir
-from raysched.store.records import STATE_FIELDS
+from raysched.store.records import SLOT_STATE_FIELDS, STATE_FIELDS
 
 if TYPE_CHECKING:
     from raysched.policy.core import SchedulerCore
@@ -106,18 +106,7 @@ _MUTABLE = tuple(name for name, _ in STATE_FIELDS)
 _INIT = [n for n, _ in _COLUMNS[:11]]
 #: The columns ``tasks_from_table`` copies straight into slots, in its loop's order. Together with
 #: ``qkey`` they are every slot of ``Task`` (a unit test checks that).
-_BUILD = (
-    *_INIT,
-    "state",
-    "enqueued_at",
-    "level",
-    "depth",
-    "attempts",
-    "service_s",
-    "quantum_used",
-    "steps",
-    "started_at",
-)
+_BUILD = (*_INIT, "state", "enqueued_at", *SLOT_STATE_FIELDS)
 #: Fields stored in an instance ``__dict__`` only when they differ from the class default: only
 #: the rows that differ are copied.
 _SPARSE: tuple[tuple[str, Any], ...] = (

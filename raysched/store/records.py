@@ -26,6 +26,7 @@ __all__ = [
     "KINDS",
     "PROGRESS_FIELDS",
     "RARE_SPEC",
+    "SLOT_STATE_FIELDS",
     "STATE_FIELDS",
     "apply_record",
     "progress_record",
@@ -101,7 +102,9 @@ _SLOTS = frozenset(Task.__slots__)
 #: ``__dict__`` fields a state record holds (name -> default), and those a submit record holds.
 _DICT_STATE = {n: d for n, d in STATE_FIELDS[2:] if n not in _SLOTS}
 _DICT_SUBMIT = {**{n: d for n, d in RARE_SPEC if n not in _SLOTS}, **_DICT_STATE}
-assert {n for n, _ in STATE_FIELDS[2:] if n in _SLOTS} == {
+#: The ``STATE_FIELDS`` that are slots of ``Task`` (all default to zero); ``_put_state`` names
+#: them one by one, so a change here must change it too.
+SLOT_STATE_FIELDS = (
     "level",
     "depth",
     "attempts",
@@ -109,7 +112,8 @@ assert {n for n, _ in STATE_FIELDS[2:] if n in _SLOTS} == {
     "quantum_used",
     "steps",
     "started_at",
-}, "update _put_state"
+)
+assert {n for n, _ in STATE_FIELDS[2:] if n in _SLOTS} == set(SLOT_STATE_FIELDS)
 assert all(n not in _SLOTS for n, _ in RARE_SPEC), "update submit_record"
 _MISSING = object()
 _VALUE = {s: s.value for s in TaskState}

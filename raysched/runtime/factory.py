@@ -194,6 +194,13 @@ class _SchedulerActor:
         store = _recover(self.settings) if self.settings.store.enabled else None
         self.svc = SchedulerService(self.settings, RaySpawner(self.settings), store=store)
         gc.freeze()
+        # After Ray restarts the actor nobody may call it, yet the recovered queue must drain:
+        # queue a start on ourselves (it runs once the constructor returns). Every method also
+        # starts the service, in case this call is lost.
+        try:
+            ray.get_runtime_context().current_actor.start.remote()
+        except Exception as exc:  # pragma: no cover - the next call starts it instead
+            log.warning("scheduler could not schedule its own start: %s", exc)
 
     async def pid(self) -> int:
         """The actor's process id (fault tests kill it)."""
@@ -213,34 +220,44 @@ class _SchedulerActor:
         return await self.svc.submit(specs, tenant)
 
     async def status(self, tid: str) -> dict[str, Any]:
+        self.svc.boot()
         return self.svc.status(tid)
 
     async def statuses(self, ids: list[str]) -> list[dict[str, Any]]:
+        self.svc.boot()
         return [self.svc.status(t) for t in ids]
 
     async def tenant_of(self, tid: str) -> str | None:
+        self.svc.boot()
         return self.svc.tenant_of(tid)
 
     async def result(self, tid: str, timeout: float | None = None) -> dict[str, Any]:
+        self.svc.boot()
         return await self.svc.result(tid, timeout)
 
     async def stream(self, tid: str, after: int = 0, wait_s: float = 10.0) -> dict[str, Any]:
+        self.svc.boot()
         return await self.svc.stream(tid, after, wait_s)
 
     async def cancel(self, tid: str) -> dict[str, Any]:
+        self.svc.boot()
         return await self.svc.cancel(tid)
 
     async def wait(self, ids: list[str], timeout: float | None = None) -> list[dict[str, Any]]:
+        self.svc.boot()
         return await self.svc.wait(ids, timeout)
 
     async def stats(self) -> dict[str, Any]:
         await self.svc.refresh_telemetry()
+        self.svc.boot()
         return await self.svc.stats()
 
     async def progress(self) -> dict[str, int]:
+        self.svc.boot()
         return self.svc.progress()
 
     async def report(self, wid: str, events: list[dict[str, Any]]) -> int:
+        self.svc.boot()
         return await self.svc.report(wid, events)
 
     async def shutdown(self) -> int:

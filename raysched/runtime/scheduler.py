@@ -136,7 +136,8 @@ class SchedulerService:
         self._flush_handle: asyncio.TimerHandle | None = None
 
     # -- start-up -------------------------------------------------------------------------------
-    async def start(self) -> dict[str, Any]:
+    def boot(self) -> None:
+        """Spawn the workers and start the loop, once (needs the running event loop)."""
         if not self._started:
             self._started = True
             self._wake = asyncio.Event()
@@ -144,6 +145,9 @@ class SchedulerService:
                 for _ in range(pool.min_workers):
                     self._spawn(pool)
             self._loop_task = asyncio.create_task(self._run())
+
+    async def start(self) -> dict[str, Any]:
+        self.boot()
         out: dict[str, Any] = {"ready": True, "workers": len(self.workers)}
         if self.store is not None:
             rep = self.store.report

@@ -140,3 +140,30 @@ def test_worker_actors_killed_at_random(make_client: Make) -> None:
     _wait_done(c, n, timeout=240)
     rows = _check_exactly_once(c, ids)
     assert any(int(r["attempts"]) > 1 for r in rows)  # type: ignore[call-overload]
+
+
+def _worker_names(c: Client) -> set[str]:
+    return {
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == c.settings.namespace and a["name"].startswith("raysched-w-")
+    }
+
+
+def test_restarted_scheduler_drains_without_being_called(make_client: Make) -> None:
+    """After Ray restarts the actor nobody may call it (the driver is gone): it must bring up
+    its workers and drain the recovered queue by itself."""
+    c = make_client(pools=[PoolSettings(min_workers=1, max_workers=1, slots=4)])
+    wait_ready(c, 1)
+    ids = c.submit_batch(_specs("r", 0, 200))
+    old = _worker_names(c)
+    os.kill(_actor_pid(c), signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while True:  # no call to the scheduler here: only the results files are read
+        done = {r["id"] for r in _results_rows(c)}
+        if done >= set(ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert _worker_names(c) - old, "the restarted scheduler spawned no workers"
+    assert done >= set(ids), f"{len(set(ids) - done)} of {len(ids)} never finished"
+    _check_exactly_once(c, ids)

@@ -248,8 +248,8 @@ class _SchedulerActor:
         return await self.svc.wait(ids, timeout)
 
     async def stats(self) -> dict[str, Any]:
-        await self.svc.refresh_telemetry()
         self.svc.boot()
+        await self.svc.refresh_telemetry()
         return await self.svc.stats()
 
     async def progress(self) -> dict[str, int]:

@@ -115,7 +115,6 @@ class SchedulerService:
         self._stopping: dict[str, str] = {}  # task id -> "pause" | "cancel"
         self._zombies: set[str] = set()  # old attempts not yet confirmed stopped
         self._homed: set[str] = set()  # tasks whose paused state sits on a worker (t.home)
-        self._gpu_requests = 0
         self._backlog_since: dict[str, float] = {}  # pool -> since when work has waited
         self._waits: dict[str, deque[float]] = {}  # recent first-start waits per tier
         self._started = False

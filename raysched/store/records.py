@@ -96,8 +96,8 @@ _KIND_OF = {
 
 # Records are built on the submit path, so the builders read fields directly (no per-field
 # ``getattr`` loop); the rarely set fields (kept in the task's ``__dict__`` only once set, see
-# ``Task``) are found by walking that dict, usually 0-2 entries. ``test_records`` checks the
-# output against the field tables above.
+# ``Task``) are found by walking that dict, usually 0-2 entries. tests/unit/test_store_records.py
+# checks the output against the field tables above.
 _SLOTS = frozenset(Task.__slots__)
 #: ``__dict__`` fields a state record holds (name -> default), and those a submit record holds.
 _DICT_STATE = {n: d for n, d in STATE_FIELDS[2:] if n not in _SLOTS}

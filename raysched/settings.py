@@ -32,7 +32,7 @@ _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 class MLFQSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    levels: int = Field(default=8, ge=1, le=32)
+    levels: int = Field(default=16, ge=1, le=32)
     base_quantum: float = Field(default=0.05, gt=0)
     ratio: float = Field(default=2.0, ge=1)
     unit: Literal["seconds", "steps"] = "seconds"

@@ -82,6 +82,7 @@ class SchedulerCore:
         self._paused: dict[str, Task] = {}  # preempted tasks with a timeout (see ``overdue``)
         self._live = 0
         self._deadlines = 0  # live tasks with a deadline
+        self._timed = False  # whether any task ever had a timeout (else ``overdue`` is a no-op)
         self._live_by_tenant: dict[str, int] = {}
         self._seq = 0
         self._next_rescore = 0.0
@@ -186,6 +187,8 @@ class SchedulerCore:
         self._live += 1
         if t.deadline is not None:
             self._deadlines += 1
+        if t.timeout_s is not None:
+            self._timed = True
         self._live_by_tenant[t.tenant] = self._live_by_tenant.get(t.tenant, 0) + 1
         self.fair.activate(t.tenant)
         self.lifecycle.created(t, now)
@@ -540,6 +543,8 @@ class SchedulerCore:
             live += 1
             if t.deadline is not None:
                 deadlines += 1
+            if t.timeout_s is not None:
+                self._timed = True
             tenants[t.tenant] = tenants.get(t.tenant, 0) + 1
             if st is queued or st is preempted:
                 r = ready.get(t.pool)
@@ -621,6 +626,8 @@ class SchedulerCore:
     def overdue(self, now: float) -> list[Task]:
         """Running and paused (preempted) tasks whose attempt has outlived its ``timeout_s``."""
         out: list[Task] = []
+        if not self._timed:
+            return out
         for run in self.running.values():
             for t in run.values():
                 if t.timeout_s is not None and now - t.started_at > t.timeout_s:

@@ -41,11 +41,15 @@ class FairShare:
             self.active[tenant] = n
 
     def charge(self, tenant: str, service: float) -> None:
-        c = self.counters[tenant] = self.counters.get(tenant, 0.0) + service / self.weights.get(
-            tenant, 1.0
-        )
-        if c > self._hi or tenant in self.active:
-            self._dirty = True
+        old = self.counters.get(tenant, 0.0)
+        c = self.counters[tenant] = old + service / self.weights.get(tenant, 1.0)
+        if tenant in self.active and not self._dirty:
+            # Counters only grow: the top moves up with this one, the bottom only if this tenant
+            # was at the bottom (then the least counter must be found again).
+            if c > self._hi:
+                self._hi = c
+            if old <= self._lo:
+                self._dirty = True
 
     def factor(self, tenant: str) -> float:
         """1.0 for the least-served active tenant, 0.0 for the most-served one."""
@@ -58,8 +62,8 @@ class FairShare:
         span = self._hi - self._lo
         if span <= 0.0:
             return 1.0
-        c = self.counters.get(tenant, self._lo)
-        return max(0.0, min(1.0, (self._hi - c) / span))
+        f = (self._hi - self.counters.get(tenant, self._lo)) / span
+        return 1.0 if f > 1.0 else (f if f > 0.0 else 0.0)
 
     def snapshot(self) -> dict[str, float]:
         return dict(self.counters)

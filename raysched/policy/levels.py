@@ -13,7 +13,7 @@ __all__ = ["LevelSchedule"]
 
 @dataclass(frozen=True)
 class LevelSchedule:
-    levels: int = 8
+    levels: int = 16
     base_quantum: float = 0.05
     ratio: float = 2.0
     #: "seconds" of attained service or "steps" (yields of a stepwise handler).

@@ -306,7 +306,10 @@ class MLFQQueue(_DequeBuckets):
     when it yields early. A task that has waited ``starvation_s`` since it was last enqueued is
     boosted to level 0 (or the first level whose quantum covers resuming it on another worker) and
     queued ahead of all unboosted work of its tier, so under continuous load of its tier it runs
-    within about ``starvation_s`` plus the boosted work ahead of it. Tiers stay strict."""
+    within about ``starvation_s`` plus the boosted work ahead of it. The boost is a loan of one
+    slice: when that quantum is used the task returns to the level it was lifted from, so boosts
+    keep long tasks moving without re-running them through every short level. Tiers stay
+    strict."""
 
     def __init__(
         self,
@@ -392,17 +395,25 @@ class MLFQQueue(_DequeBuckets):
 
     def expire_quantum(self, task: Task) -> None:
         task.level = self.next_level(task, task.level)
+        if task.boosted_from is not None and task.level >= task.boosted_from:
+            task.boosted_from = None
 
     def next_level(self, task: Task, level: int) -> int:
         # Down one level, and further if needed so that the new quantum covers what resuming
         # the task elsewhere would cost (skip-join applied to the recompute): otherwise a long
         # task preempted on short quanta spends more time recomputing than running.
         if not self._recompute:
-            return level + 1 if level < self._last else level
-        return max(
-            min(level + 1, self._last),
-            min(bisect_left(self._quanta, self.cost.recompute_s(task)), self._last),
-        )
+            nl = level + 1 if level < self._last else level
+        else:
+            nl = max(
+                min(level + 1, self._last),
+                min(bisect_left(self._quanta, self.cost.recompute_s(task)), self._last),
+            )
+        b = task.boosted_from
+        # A boost lends one slice ahead of the task's level; then it goes back to where it was
+        # (restarting its way down from level 0 would hand a long task all the short quanta
+        # again, at the expense of every newer task).
+        return b if b is not None and b > nl else nl
 
     def quantum_of(self, level: int) -> float:
         return self._quanta[level] if level < len(self._quanta) else math.inf
@@ -426,7 +437,10 @@ class MLFQQueue(_DequeBuckets):
             # either way it waits in its tier's boosted bucket (level 0, band 0), ahead of all
             # unboosted work of the tier: keyed at a deeper level it would stay behind a steady
             # stream of fresh level-0 tasks and starve.
-            t.level = min(bisect_left(self._quanta, self.cost.recompute_s(t)), self._last)
+            lifted = min(bisect_left(self._quanta, self.cost.recompute_s(t)), self._last)
+            if t.level > lifted:
+                t.boosted_from = t.level if t.boosted_from is None else max(t.boosted_from, t.level)
+            t.level = lifted
             self._push(t, t.priority << _PRIO_SHIFT)
             order.pop()  # a boosted task is not aged again until it is re-enqueued
             boosted += 1
@@ -434,24 +448,29 @@ class MLFQQueue(_DequeBuckets):
 
     def rescore(self, now: float) -> None:
         """Re-band every queued task with fresh scores (age, deadlines, fair share move)."""
-        items: list[tuple[float, int, Task, int]] = []
-        for k, dq in self._buckets.items():
-            for e in dq:
-                t = e[0]
-                if t.qkey is e:
-                    items.append((t.enqueued_at, t.seq, t, k))
-        items.sort(key=lambda x: (x[0], x[1]))
+        # Unboosted tasks are taken in aging order (``_order`` is enqueue order), so those that
+        # share a new bucket keep FIFO order and aging stays in enqueue order, without a sort.
+        # Boosted ones keep their place in front and are not aged again.
+        queued = [e[0] for e in self._order if e[0].qkey is e]
+        mask = (1 << _LEVEL_SHIFT) - 1
+        boosted = [
+            (k, e[0])
+            for k in sorted(self._live)
+            if k & mask == 0
+            for e in self._buckets[k]
+            if e[0].qkey is e
+        ]
         self._buckets.clear()
         self._keys.clear()
         self._live.clear()
         self._order = deque()
         self._n = 0
-        for _, _, t, k in items:
-            if k & (1 << _LEVEL_SHIFT) - 1 == 0:  # boosted: keep its place, not aged again
-                self._push(t, k)
-                self._order.pop()
-            else:
-                self._push(t, self._key(t, now))
+        for k, t in boosted:
+            self._push(t, k)
+            self._order.pop()
+        key, push = self._key, self._push
+        for t in queued:
+            push(t, key(t, now))
 
 
 def make_queue(

@@ -60,6 +60,8 @@ class Task:
     remaining_hint: float | None = None
     trace_id: str | None = None
     gpu_memory_mb: int | None = None
+    #: MLFQ: the level a starvation boost lifted the task from; it returns there after the slice.
+    boosted_from: int | None = None
 
     def __init__(
         self,

@@ -193,14 +193,15 @@ class VirtualReplay:
         q = core.queues["default"]
         running_on: dict[str, _Worker] = {}
         now_ = 0.0
+        # Chunk ends are the only events in the heap (a handful per worker); arrivals are merged
+        # in from the sorted trace, ahead of chunk ends at the same instant.
         events: list[tuple[float, int, int, Any]] = []
+        arrivals = sorted(self.records, key=lambda r: r.arrival_s)  # stable: file order on ties
+        n_arr = len(arrivals)
+        ai = 0
         seq = 0
         tasks: list[Task] = []
         tiers = self.settings.tiers
-        for rec in self.records:
-            seq += 1
-            events.append((rec.arrival_s, seq, _ARRIVAL, rec))
-        heapq.heapify(events)
 
         def boundary_after(t: Task, done: float) -> float:
             """Smallest step boundary (in work done) >= ``done``."""
@@ -233,6 +234,8 @@ class VirtualReplay:
             budget = max(0.0, q.quantum_of(t.level) - t.quantum_used) * qs
             head = q.peek()
             hr = q.preempt_rank(head) if head is not None else None
+            if hr is None:
+                budget = math.inf  # nothing queued could stop it: on to the end (or an arrival)
             lvl = t.level
             while budget < left:
                 nl = q.next_level(t, lvl)
@@ -288,19 +291,42 @@ class VirtualReplay:
                 i -= 1
 
         def preempt_check(now: float) -> None:
-            nonlocal seq
+            nonlocal seq, now_
+            now_ = now
+            running_on.clear()
+            for w in workers:
+                if w.task is not None:
+                    running_on[w.task.id] = w
             if self.oracle:
                 for w in workers:
                     if w.task is not None:
                         done_now = progress.get(w.task.id, 0.0) + max(0.0, now - w.chunk_start)
                         w.task.remaining_hint = total[w.task.id] - done_now
-            nonlocal now_
-            now_ = now
+                rank = current_rank
+            else:
+                # Ranks of the running tasks, worked out once per arrival. Most arrivals outrank
+                # none of them: then there is nothing for plan_preemption to look at.
+                head = q.peek()
+                hr = q.preempt_rank(head) if head is not None else None
+                if hr is None:
+                    return
+                ranks: dict[str, tuple[float, ...] | None] = {}
+                outranks = False
+                for w in workers:
+                    t = w.task
+                    if t is not None:
+                        r = ranks[t.id] = current_rank(t)
+                        if w.reserved is None and r is not None and hr < r:
+                            outranks = True
+                if not outranks:
+                    return
+
+                def rank(t: Task) -> tuple[float, ...] | None:
+                    return ranks[t.id] if t.id in ranks else q.preempt_rank(t)
+
             signalled = [
                 w.task.id for w in workers if w.reserved is not None and w.task is not None
             ]
-            running_on.clear()
-            running_on.update({w.task.id: w for w in workers if w.task is not None})
 
             def eta(t: Task) -> float:
                 w = running_on[t.id]
@@ -309,7 +335,7 @@ class VirtualReplay:
                 return max(0.0, w.chunk_start + w.extra + boundary_after(t, done_now) - base - now)
 
             while True:
-                plan_ = core.plan_preemption("default", now, signalled, eta, current_rank)
+                plan_ = core.plan_preemption("default", now, signalled, eta, rank)
                 if plan_ is None:
                     return
                 incoming, victim = plan_
@@ -330,9 +356,16 @@ class VirtualReplay:
 
         now = 0.0
         next_tick = 0.0
-        tick_every = 0.05  # aging / retries / rescoring resolution, in virtual seconds
-        while events:
-            now, _, kind, data = heapq.heappop(events)
+        # Aging / retries / rescoring resolution in virtual seconds: 1% of the starvation bound
+        # (a boost a few ms late changes nothing), at most 0.25 s.
+        tick_every = min(0.25, self.settings.mlfq.starvation_s / 100)
+        while ai < n_arr or events:
+            if events and (ai == n_arr or events[0][0] < arrivals[ai].arrival_s):
+                now, _, kind, data = heapq.heappop(events)
+            else:
+                kind, data = _ARRIVAL, arrivals[ai]
+                now = data.arrival_s
+                ai += 1
             if kind == _ARRIVAL:
                 arriving: TraceRecord = data
                 t = task_from_record(arriving, tiers)
@@ -378,11 +411,11 @@ class VirtualReplay:
             if now >= next_tick:
                 core.tick(now)
                 next_tick = now + tick_every
-            if len(q):
+            if free and len(q):
                 fill(now)
-                # Only a newcomer can outrank a running task (dispatch always takes the best).
-                if kind == _ARRIVAL and not free:
-                    preempt_check(now)
+            # Only a newcomer can outrank a running task (dispatch always takes the best).
+            if kind == _ARRIVAL and not free and len(q):
+                preempt_check(now)
         return summarize(self.core.policy.value, "virtual", self.nworkers, tasks, core.preemptions)
 
     def _pause_on(self, w: _Worker, t: Task) -> None:

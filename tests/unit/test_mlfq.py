@@ -9,7 +9,7 @@ import pytest
 
 from raysched.policy.levels import LevelSchedule
 from raysched.policy.queues import MLFQQueue
-from raysched.policy.scoring import CostModel, Scorer
+from raysched.policy.scoring import CostModel, Scorer, Weights
 from raysched.policy.task import Task
 
 _seq = itertools.count(1)
@@ -39,12 +39,12 @@ def drain(q: MLFQQueue) -> list[str]:
 # -- level schedule ---------------------------------------------------------------------------
 def test_default_quanta_grow_by_ratio_and_last_is_infinite() -> None:
     q = MLFQQueue()
-    assert q.levels.levels == 8
-    for p in range(7):
+    assert q.levels.levels == 16
+    for p in range(15):
         assert q.quantum_of(p) == pytest.approx(0.05 * 2**p)
-    for p in range(6):
+    for p in range(14):
         assert q.quantum_of(p + 1) == pytest.approx(2 * q.quantum_of(p))
-    assert q.quantum_of(7) == math.inf
+    assert q.quantum_of(15) == math.inf
     assert q.quantum_of(100) == math.inf
 
 
@@ -103,7 +103,7 @@ def test_skip_join_uses_size_hint_without_prompt() -> None:
     assert t.level == 3  # 0.05, 0.1, 0.2 < 0.3 <= 0.4
     huge = mk("huge", prompt=10**8)
     q.admit(huge)
-    assert huge.level == 7  # capped at the last level
+    assert huge.level == 15  # capped at the last level
 
 
 def test_short_runs_before_long_prompt_of_same_tier() -> None:
@@ -120,10 +120,10 @@ def test_expire_quantum_demotes_one_level_and_stops_at_last() -> None:
     t = mk("t", prompt=10)
     q.admit(t)
     levels = [t.level]
-    for _ in range(10):
+    for _ in range(18):
         q.expire_quantum(t)
         levels.append(t.level)
-    assert levels == [0, 1, 2, 3, 4, 5, 6, 7, 7, 7, 7]
+    assert levels == [*range(16), 15, 15, 15]
 
 
 def test_demotion_skips_to_level_covering_recompute() -> None:
@@ -177,6 +177,36 @@ def test_aging_boosts_deep_task_ahead_of_fresh_level0(prompt: int, boost_level: 
     assert q.peek() is deep
     assert len(q) == 6
     assert drain(q) == ["deep", "f0", "f1", "f2", "f3", "f4"]
+
+
+def test_boost_is_one_slice_then_the_task_returns_to_its_level() -> None:
+    """A boost lends one quantum ahead of everything; used up, the task goes back to the level
+    it was lifted from instead of walking down through every short level again."""
+    q = MLFQQueue(starvation_s=15.0)
+    deep = mk("deep", prompt=10)
+    q.admit(deep)
+    for _ in range(6):
+        q.expire_quantum(deep)
+    assert deep.level == 6
+    enqueue(q, deep, 0.0, admit=False)
+    assert q.age(15.0) == 1
+    assert deep.level == 0 and deep.boosted_from == 6
+    assert q.pop() is deep
+    assert q.next_level(deep, 0) == 6  # what the replay's look-ahead sees too
+    q.expire_quantum(deep)
+    assert deep.level == 6 and deep.boosted_from is None
+    q.expire_quantum(deep)
+    assert deep.level == 7  # demotion as usual afterwards
+    # a task lifted while still on loan keeps the deeper level it came from
+    t = mk("t", prompt=10)
+    q.admit(t)
+    for _ in range(3):
+        q.expire_quantum(t)
+    enqueue(q, t, 20.0, admit=False)
+    assert q.age(40.0) == 1 and t.boosted_from == 3
+    assert q.pop() is t
+    enqueue(q, t, 41.0, admit=False)  # preempted during its slice: still on loan
+    assert q.age(60.0) == 1 and t.boosted_from == 3 and t.level == 0
 
 
 def test_boost_level_covers_recompute() -> None:
@@ -270,3 +300,22 @@ def test_rescore_lets_age_reorder() -> None:
     q.rescore(10.0)
     assert q.peek() is old
     assert len(q) == 2
+
+
+def test_rescore_keeps_enqueue_order_and_drops_popped_entries() -> None:
+    """Rescoring takes tasks in enqueue order (no sort): tasks landing in one band stay FIFO,
+    popped tasks leave no trace, and aging afterwards still boosts the oldest first."""
+    q = MLFQQueue(scorer=Scorer(Weights(urgency=0, age=0, size=0, depth=0, fair=1)), starvation_s=5)
+    tasks = [mk(f"t{i}", prompt=10) for i in range(6)]
+    for i, t in enumerate(tasks):
+        enqueue(q, t, float(i) * 0.1)
+    assert q.pop() is tasks[0] and q.pop() is tasks[1]
+    q.rescore(1.0)
+    assert len(q) == 4 and len(q._order) == 4
+    assert drain(q) == ["t2", "t3", "t4", "t5"]
+    for i, t in enumerate(tasks[:3]):
+        t.qkey = None
+        enqueue(q, t, 2.0 + i)
+    q.rescore(3.0)
+    assert q.age(8.0) == 2  # t0 (2.0) and t1 (3.0); t2 (4.0) is not due yet
+    assert drain(q) == ["t0", "t1", "t2"]

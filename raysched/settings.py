@@ -37,6 +37,8 @@ class MLFQSettings(BaseModel):
     ratio: float = Field(default=2.0, ge=1)
     unit: Literal["seconds", "steps"] = "seconds"
     starvation_s: float = Field(default=15.0, gt=0)
+    #: A task with a ``size_hint`` enters the level where a task of that size would finish.
+    hint_join: bool = True
 
     def schedule(self) -> LevelSchedule:
         return LevelSchedule(self.levels, self.base_quantum, self.ratio, self.unit)

@@ -98,6 +98,7 @@ class SchedulerCore:
             levels=self.settings.mlfq.schedule(),
             scorer=self.scorer,
             starvation_s=self.settings.mlfq.starvation_s,
+            hint_join=self.settings.mlfq.hint_join,
         )
         self.running[name] = {}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import itertools
 import math
 from abc import ABC, abstractmethod
 from bisect import bisect_left
@@ -318,6 +319,7 @@ class MLFQQueue(_DequeBuckets):
         *,
         starvation_s: float = 15.0,
         cost: CostModel | None = None,
+        hint_join: bool = True,
     ) -> None:
         super().__init__()
         self.levels = levels or LevelSchedule()
@@ -327,6 +329,12 @@ class MLFQQueue(_DequeBuckets):
         self._order: deque[tuple[Task]] = deque()  # entries in enqueue order, for aging
         self._quanta = [self.levels.quantum(p) for p in range(self.levels.levels)]
         self._last = self.levels.levels - 1
+        # Service a task has had by the end of each level, walking down from level 0.
+        self._ends = list(itertools.accumulate(self._quanta[: self._last]))
+        self.hint_join = hint_join
+        dec = self.cost.decode_s_per_token
+        # size_hint is in seconds; a schedule in steps counts decode steps
+        self._hint_unit = 1.0 if self.levels.unit == "seconds" else (1.0 / dec if dec > 0 else 0.0)
         self._prefill = self.cost.prefill_s_per_token
         self._recompute = self.cost.recompute
         w = self.scorer.w
@@ -335,10 +343,15 @@ class MLFQQueue(_DequeBuckets):
 
     def admit(self, task: Task) -> None:
         # Skip-join: the first level whose quantum covers the first step (quanta ascend).
-        first = (
-            task.prompt_tokens * self._prefill if task.prompt_tokens else (task.size_hint or 0.0)
-        )
-        task.level = min(bisect_left(self._quanta, first), self._last)
+        hint = task.size_hint
+        first = task.prompt_tokens * self._prefill if task.prompt_tokens else (hint or 0.0)
+        level = bisect_left(self._quanta, first)
+        if hint is not None and self.hint_join:
+            # A task that says how much work it is enters where a task of that size would finish
+            # when walking down from level 0: short work ahead of long work from the start
+            # (SRPT on the estimate), while a task that outgrows its hint keeps being demoted.
+            level = max(level, bisect_left(self._ends, hint * self._hint_unit))
+        task.level = min(level, self._last)
 
     def _key(self, task: Task, now: float) -> int:
         b = _BANDS - int(self._score(task, now) * self._band_scale)
@@ -479,6 +492,7 @@ def make_queue(
     levels: LevelSchedule | None = None,
     scorer: Scorer | None = None,
     starvation_s: float = 15.0,
+    hint_join: bool = True,
 ) -> TaskQueue:
     p = Policy(policy)
     if p is Policy.FCFS:
@@ -487,4 +501,4 @@ def make_queue(
         return PriorityQueue()
     if p is Policy.SRPT:
         return SRPTQueue()
-    return MLFQQueue(levels, scorer, starvation_s=starvation_s)
+    return MLFQQueue(levels, scorer, starvation_s=starvation_s, hint_join=hint_join)

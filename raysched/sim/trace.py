@@ -95,6 +95,11 @@ class TraceSpec:
     #: lognormal shape (sigma of the log) and Pareto tail index: the tail weight
     sigma: float = 1.4
     alpha: float = 1.3
+    #: When set, each task carries a ``size_hint``: its true work (prefill + decode seconds) times
+    #: exp(N(0, hint_error)), as from an output-length predictor of that accuracy (0.5: most
+    #: hints within a factor of 1.65 of the truth). Drawn from a separate random stream, so the
+    #: trace is otherwise the same as without hints.
+    hint_error: float | None = None
 
     def output_tokens(self, rnd: random.Random, interactive: bool) -> int:
         if self.dist == "pareto":
@@ -152,4 +157,10 @@ def generate_trace(spec: TraceSpec) -> list[dict[str, Any]]:
             batch[i]["arrival_s"] = round(t, 6)
             i += 1
     rows.sort(key=lambda r: (r["arrival_s"], int(r["id"][1:])))
+    if spec.hint_error is not None:
+        hint_rnd = random.Random(f"hints-{spec.seed}")
+        for r in rows:
+            work = r["prompt_tokens"] * spec.prefill_s_per_token
+            work += r["output_tokens"] * spec.decode_s_per_token
+            r["size_hint"] = round(work * math.exp(hint_rnd.gauss(0.0, spec.hint_error)), 6)
     return rows

@@ -97,13 +97,44 @@ def test_skip_join_long_prompt_enters_deeper() -> None:
 
 
 def test_skip_join_uses_size_hint_without_prompt() -> None:
-    q = MLFQQueue()
+    q = MLFQQueue(hint_join=False)
     t = mk("h", prompt=0, hint=0.3)
     q.admit(t)
     assert t.level == 3  # 0.05, 0.1, 0.2 < 0.3 <= 0.4
     huge = mk("huge", prompt=10**8)
     q.admit(huge)
     assert huge.level == 15  # capped at the last level
+
+
+@pytest.mark.parametrize(
+    ("hint", "level"),
+    [(0.0, 0), (0.05, 0), (0.06, 1), (0.15, 1), (0.2, 2), (1.0, 4), (3.0, 5), (3.2, 6), (1e9, 15)],
+)
+def test_hint_join_enters_where_a_task_of_that_size_would_finish(hint: float, level: int) -> None:
+    """Cumulative service at the end of levels 0.. is 0.05, 0.15, 0.35, 0.75, 1.55, 3.15 s...:
+    a task hinted at ``hint`` seconds starts at the level where such a task would finish."""
+    q = MLFQQueue()
+    t = mk("t", prompt=10, hint=hint)  # a 2 ms prefill alone would enter level 0
+    q.admit(t)
+    assert t.level == level
+
+
+def test_hint_join_keeps_the_prefill_level_when_deeper_and_orders_by_hint() -> None:
+    q = MLFQQueue()
+    long_prompt = mk("long_prompt", prompt=3000, hint=0.1)  # 0.6 s prefill: level 4
+    q.admit(long_prompt)
+    assert long_prompt.level == 4
+    short, long_, unknown = mk("short", hint=0.1), mk("long", hint=30.0), mk("unknown")
+    for t in (long_, short, unknown):
+        enqueue(q, t, 0.0)
+    assert drain(q) == ["unknown", "short", "long"]
+
+
+def test_hint_join_in_steps_counts_decode_steps() -> None:
+    q = MLFQQueue(LevelSchedule(16, 4, 2.0, "steps"), scorer=Scorer(cost=CostModel()))
+    t = mk("t", prompt=0, hint=1.0)  # 100 decode steps of 10 ms; ends: 4, 12, 28, 60, 124
+    q.admit(t)
+    assert t.level == 4
 
 
 def test_short_runs_before_long_prompt_of_same_tier() -> None:

@@ -228,6 +228,8 @@ def test_recovery_is_equivalent(tmp_path: Path, policy: str, seed: int, checkpoi
     w = Workload(st, seed, checkpoints)
     w.run(150)
     a = st.core
+    a.dispatch(POOL, 2, w.now)  # whatever the random walk did last, leave work running
+    st.recorder.commit_sync()
     crash(st)
     assert a.running[POOL], "the workload should leave work running"
     now = w.now + 1.0

@@ -335,6 +335,17 @@ class VirtualReplay:
                 return max(0.0, w.chunk_start + w.extra + boundary_after(t, done_now) - base - now)
 
             while True:
+                if not self.oracle and len(signalled) > 0:
+                    # After a preemption: only look again if the new head outranks a running
+                    # task that is not already stopping (ranks as worked out above).
+                    nh = q.peek()
+                    hr = q.preempt_rank(nh) if nh is not None else None
+                    if hr is None or not any(
+                        (r := ranks.get(tid)) is not None and hr < r
+                        for tid in running_on
+                        if tid not in signalled
+                    ):
+                        return
                 plan_ = core.plan_preemption("default", now, signalled, eta, rank)
                 if plan_ is None:
                     return

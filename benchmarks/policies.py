@@ -278,9 +278,10 @@ def render(
             "",
             "The same traces with a `size_hint` on every task: its true work times "
             "exp(N(0, e)), as an output-length predictor of that accuracy would give (e = 0.5: "
-            "two hints in three within a factor of 1.65 of the truth). mlfq uses the hint only "
-            "in the weighted score inside a level (size factor); fcfs and srpt do not look at "
-            "it, so their means are those above. The targets above are for tasks without hints.",
+            "two hints in three within a factor of 1.65 of the truth). mlfq enters a hinted task "
+            "at the level where a task of that size would finish (`mlfq.hint_join`) and uses the "
+            "hint in the size factor of its score; fcfs and srpt do not look at it, so their "
+            "means are those above. The targets above are for tasks without hints.",
             "",
             f"| dist | seed | hint error e | mlfq mean s | gap closed | gap >= {GAP_TARGET} "
             f"| mlfq p99 wait interactive s | wait <= {WAIT_TARGET_S} s |",

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 __all__ = [
@@ -107,9 +108,15 @@ class TaskSpec(BaseModel):
     @classmethod
     def _payload_size(cls, v: dict[str, Any]) -> dict[str, Any]:
         try:
-            size = len(_COMPACT_JSON.encode(v))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"payload must be JSON-serialisable: {exc}") from exc
+            # orjson: the encoder the journal uses, ~7x faster (this runs on every submission);
+            # what it refuses (huge ints, deep nesting, odd types) goes to the standard library,
+            # which either measures it or says why it cannot.
+            size = len(orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS))
+        except TypeError:
+            try:
+                size = len(_COMPACT_JSON.encode(v))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"payload must be JSON-serialisable: {exc}") from exc
         if size > MAX_PAYLOAD_BYTES:
             raise ValueError(f"payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}")
         return v

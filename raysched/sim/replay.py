@@ -223,6 +223,9 @@ class VirtualReplay:
             plan(w, t, now, cost.recompute_s(t) if resumed and h is not w else 0.0)
 
         qs = dec if self.settings.mlfq.unit == "steps" else 1.0  # quantum unit -> seconds
+        # bound once: these run several times per event
+        quantum_of, next_level, rank_at = q.quantum_of, q.next_level, q.rank_at
+        peek, preempt_rank = q.peek, q.preempt_rank
 
         def plan(w: _Worker, t: Task, now: float, extra: float = 0.0) -> None:
             """Schedule the end of ``t``'s next chunk on ``w``. While nothing queued could outrank
@@ -230,27 +233,26 @@ class VirtualReplay:
             instead of one per quantum (arrivals re-rank running tasks in ``preempt_check``)."""
             nonlocal seq
             done = progress.get(t.id, 0.0)
-            left = total[t.id] - done
-            budget = max(0.0, q.quantum_of(t.level) - t.quantum_used) * qs
-            head = q.peek()
-            hr = q.preempt_rank(head) if head is not None else None
-            if hr is None:
-                budget = math.inf  # nothing queued could stop it: on to the end (or an arrival)
+            tot = total[t.id]
+            left = tot - done
             lvl = t.level
-            while budget < left:
-                nl = q.next_level(t, lvl)
-                if nl == lvl:
-                    break
-                r = q.rank_at(t, nl)
-                if hr is not None and r is not None and hr < r:
-                    break
-                lvl = nl
-                budget += q.quantum_of(nl) * qs
-            target = (
-                total[t.id]
-                if budget >= left
-                else min(total[t.id], boundary_after(t, done + budget))
-            )
+            budget = quantum_of(lvl) - t.quantum_used
+            budget = budget * qs if budget > 0.0 else 0.0
+            if budget < left:
+                head = peek()
+                hr = preempt_rank(head) if head is not None else None
+                if hr is None:
+                    budget = math.inf  # nothing queued could stop it: on to the end (or an arrival)
+                while budget < left:
+                    nl = next_level(t, lvl)
+                    if nl == lvl:
+                        break
+                    r = rank_at(t, nl)
+                    if hr is not None and r is not None and hr < r:
+                        break
+                    lvl = nl
+                    budget += quantum_of(nl) * qs
+            target = tot if budget >= left else min(tot, boundary_after(t, done + budget))
             w.chunk_start = now
             w.extra = extra
             w.run_service = target - done + extra
@@ -263,16 +265,18 @@ class VirtualReplay:
             """Rank of a running task as of now, its chunk possibly past some quanta."""
             w = running_on.get(t.id)
             if w is None:
-                return q.preempt_rank(t)
+                return preempt_rank(t)
             used = t.quantum_used + (now_ - w.chunk_start) / qs
             lvl = t.level
-            while used >= q.quantum_of(lvl):
-                nl = q.next_level(t, lvl)
+            qo = quantum_of(lvl)
+            while used >= qo:
+                nl = next_level(t, lvl)
                 if nl == lvl:
                     break
-                used -= q.quantum_of(lvl)
+                used -= qo
                 lvl = nl
-            return q.rank_at(t, lvl)
+                qo = quantum_of(lvl)
+            return rank_at(t, lvl)
 
         def steps_done(t: Task, x: float) -> int:
             p = prefill[t.id]

@@ -92,6 +92,24 @@ def test_timeout_frees_the_slot(make_client: Make) -> None:
     assert c.result(nxt, timeout=30) == {"after": "timeout"}
 
 
+def test_stuck_plain_handler_gets_its_worker_replaced(make_client: Make) -> None:
+    """A plain handler cannot be stopped between steps: after its timeout the scheduler asks the
+    worker to stop it, and when the worker still holds it ``stop_grace_s`` later the worker is
+    killed and replaced, so the pool's only slot comes back."""
+    c = make_client(stop_grace_s=1.0)
+    wait_ready(c, 1)
+    before = set(c.stats()["workers"])
+    stuck = c.submit("tests.integration.blocking:block", {"s": 120}, timeout_s=0.5)
+    with pytest.raises(TaskFailed) as ei:
+        c.result(stuck, timeout=30)
+    assert ei.value.state == "timed_out"
+    t0 = time.monotonic()
+    assert c.result(c.submit("echo", {"after": "stuck"}), timeout=60) == {"after": "stuck"}
+    after = set(c.stats()["workers"])
+    assert after and not (after & before), (before, after)  # a new worker, the old one gone
+    assert time.monotonic() - t0 < 60
+
+
 def test_cancel_queued_and_running(make_client: Make) -> None:
     c = make_client()
     wait_ready(c, 1)

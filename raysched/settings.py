@@ -84,6 +84,15 @@ class PolicySettings(BaseModel):
     retry_backoff_s: float = Field(default=0.2, ge=0)
     retry_backoff_max_s: float = Field(default=30.0, ge=0)
 
+    @field_validator("tenant_weights")
+    @classmethod
+    def _positive_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        # Fair-share counters grow by service / weight and must only grow.
+        bad = {t: w for t, w in v.items() if not w > 0}
+        if bad:
+            raise ValueError(f"tenant weights must be > 0: {bad}")
+        return v
+
     def cost(self) -> CostModel:
         return CostModel(
             self.prefill_s_per_token, self.decode_s_per_token, self.recompute_on_migrate

@@ -344,13 +344,18 @@ class MLFQQueue(_DequeBuckets):
     def admit(self, task: Task) -> None:
         # Skip-join: the first level whose quantum covers the first step (quanta ascend).
         hint = task.size_hint
-        first = task.prompt_tokens * self._prefill if task.prompt_tokens else (hint or 0.0)
-        level = bisect_left(self._quanta, first)
         if hint is not None and self.hint_join:
-            # A task that says how much work it is enters where a task of that size would finish
-            # when walking down from level 0: short work ahead of long work from the start
-            # (SRPT on the estimate), while a task that outgrows its hint keeps being demoted.
-            level = max(level, bisect_left(self._ends, hint * self._hint_unit))
+            # The hint is the whole task's size: the first step is what the prompt says, and the
+            # task enters no higher than where a task of that size would finish when walking
+            # down from level 0 -- short work ahead of long work from the start (SRPT on the
+            # estimate), while a task that outgrows its hint keeps being demoted.
+            level = max(
+                bisect_left(self._quanta, task.prompt_tokens * self._prefill),
+                bisect_left(self._ends, hint * self._hint_unit),
+            )
+        else:
+            first = task.prompt_tokens * self._prefill if task.prompt_tokens else (hint or 0.0)
+            level = bisect_left(self._quanta, first)
         task.level = min(level, self._last)
 
     def _key(self, task: Task, now: float) -> int:
@@ -465,6 +470,11 @@ class MLFQQueue(_DequeBuckets):
         # share a new bucket keep FIFO order and aging stays in enqueue order, without a sort.
         # Boosted ones keep their place in front and are not aged again.
         queued = [e[0] for e in self._order if e[0].qkey is e]
+        # Tasks put back with their old enqueue time (held by a dispatch, an unreserved slot)
+        # sit behind newer ones in ``_order``; aging stops at the first task not yet due, so put
+        # them back in enqueue order here (the usual case, already ordered, costs one pass).
+        if any(a.enqueued_at > b.enqueued_at for a, b in itertools.pairwise(queued)):
+            queued.sort(key=_enqueue_order)
         mask = (1 << _LEVEL_SHIFT) - 1
         boosted = [
             (k, e[0])
@@ -484,6 +494,10 @@ class MLFQQueue(_DequeBuckets):
         key, push = self._key, self._push
         for t in queued:
             push(t, key(t, now))
+
+
+def _enqueue_order(t: Task) -> tuple[float, int]:
+    return (t.enqueued_at, t.seq)
 
 
 def make_queue(

@@ -89,6 +89,7 @@ _COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("error_type", _STR),
     ("redeliveries", _I32),
     ("not_before", _F64),
+    ("boosted_from", _I32),
     # rare spec fields
     ("depends_on", pa.list_(_STR)),
     ("timeout_s", _F64),
@@ -121,6 +122,7 @@ _SPARSE: tuple[tuple[str, Any], ...] = (
     ("gpu_memory_mb", None),
     ("redeliveries", 0),
     ("not_before", 0.0),
+    ("boosted_from", None),
     ("max_retries", 0),
     ("preemptible", True),
 )

@@ -76,6 +76,7 @@ STATE_FIELDS: tuple[tuple[str, Any], ...] = (
     ("error_type", None),
     ("redeliveries", 0),
     ("not_before", 0.0),
+    ("boosted_from", None),
 )
 PROGRESS_FIELDS: tuple[str, ...] = ("steps", "service_s", "quantum_used", "level", "depth")
 KINDS = frozenset({"submit", "start", "progress", "requeue", "retry", "finish", "cancel", "state"})

@@ -7,6 +7,7 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from raysched.errors import DependencyError
 from raysched.policy.deps import DependencyGraph
@@ -14,6 +15,7 @@ from raysched.policy.fairshare import FairShare
 from raysched.policy.scoring import PROFILES, CostModel, Scorer, Weights
 from raysched.policy.task import Task
 from raysched.policy.victims import LowestRankVictim
+from raysched.settings import PolicySettings
 
 # -- fair share -------------------------------------------------------------------------------
 
@@ -138,6 +140,13 @@ def test_fair_share_invariants(ops: list[tuple[str, str, float]]) -> None:
         if active:
             lo = min(active, key=lambda t: fs.counters.get(t, 0.0))
             assert fs.factor(lo) == 1.0
+            # the cached bounds give exactly what a fresh min/max over active tenants gives
+            vals = [fs.counters.get(t, 0.0) for t in active]
+            lo_c, hi_c = min(vals), max(vals)
+            for t in active:
+                c = fs.counters.get(t, 0.0)
+                expect = 1.0 if len(active) <= 1 or hi_c == lo_c else (hi_c - c) / (hi_c - lo_c)
+                assert fs.factor(t) == pytest.approx(expect)
 
 
 # -- scorer -----------------------------------------------------------------------------------
@@ -290,3 +299,10 @@ def test_graph_succeeded_and_failed() -> None:
     g2.add("ggc", ["gc"])
     assert g2.failed("p") == ["c", "gc", "ggc"]
     assert g2.waiting == {}
+
+
+@pytest.mark.parametrize("w", [0.0, -1.0])
+def test_tenant_weights_must_be_positive(w: float) -> None:
+    """Counters grow by service / weight; a zero or negative weight would break that."""
+    with pytest.raises(ValidationError, match="tenant weights must be > 0"):
+        PolicySettings(tenant_weights={"a": 1.0, "b": w})

@@ -119,6 +119,15 @@ def test_hint_join_enters_where_a_task_of_that_size_would_finish(hint: float, le
     assert t.level == level
 
 
+def test_hint_join_without_a_prompt_lands_where_it_would_with_a_short_prompt() -> None:
+    q = MLFQQueue()
+    for hint in (0.3, 3.0, 30.0):
+        a, b = mk("a", prompt=0, hint=hint), mk("b", prompt=10, hint=hint)
+        q.admit(a)
+        q.admit(b)
+        assert a.level == b.level, hint
+
+
 def test_hint_join_keeps_the_prefill_level_when_deeper_and_orders_by_hint() -> None:
     q = MLFQQueue()
     long_prompt = mk("long_prompt", prompt=3000, hint=0.1)  # 0.6 s prefill: level 4
@@ -350,3 +359,17 @@ def test_rescore_keeps_enqueue_order_and_drops_popped_entries() -> None:
     q.rescore(3.0)
     assert q.age(8.0) == 2  # t0 (2.0) and t1 (3.0); t2 (4.0) is not due yet
     assert drain(q) == ["t0", "t1", "t2"]
+
+
+def test_rescore_puts_tasks_put_back_out_of_order_into_enqueue_order() -> None:
+    """A task re-added with its old enqueue time (held by a dispatch) lands behind newer ones in
+    the aging order; a rescore restores enqueue order so it is boosted on time."""
+    q = MLFQQueue(starvation_s=10.0)
+    a, b = mk("a"), mk("b")
+    enqueue(q, a, 0.0)
+    enqueue(q, b, 5.0)
+    assert {q.pop().id, q.pop().id} == {"a", "b"}
+    q.add(b, 7.0)  # put back first, then the older one (enqueued_at unchanged)
+    q.add(a, 7.0)
+    q.rescore(7.0)
+    assert q.age(11.0) == 1 and a.boosted_from is None and q.peek() is a

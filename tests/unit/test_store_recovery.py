@@ -552,3 +552,31 @@ def test_empty_state_dir_gives_an_empty_core(tmp_path: Path) -> None:
 def test_object_store_state_dir_needs_a_local_journal(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="journal_dir is required"):
         recover("s3://bucket/raysched", settings=PolicySettings())
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_boost_loan_survives_recovery(tmp_path: Path, checkpoint: bool) -> None:
+    """A task running on a boost's loan comes back from the journal (or a snapshot) still owing
+    its return to the level it was lifted from."""
+    st = open_state(tmp_path)
+    core = st.core
+    deep = mk("deep", prompt_tokens=10)
+    core.submit_many([deep], 1.0)
+    q = core.queues[POOL]
+    core.dispatch(POOL, 1, 1.0)
+    for _ in range(5):  # used up five quanta: level 5, back in the queue
+        core.progress(deep, q.quantum(deep), 5, 1.0)
+    core.preempt(deep, 1.0)
+    assert deep.level == 5
+    core.tick(1.0 + core.settings.mlfq.starvation_s)
+    assert deep.level == 0 and deep.boosted_from == 5
+    core.dispatch(POOL, 1, 20.0)
+    st.recorder.commit_sync()
+    if checkpoint:
+        st.checkpoint()
+    crash(st)
+    st2 = open_state(tmp_path, now=21.0)
+    again = st2.core.tasks["deep"]
+    assert again.boosted_from == 5 and again.level == 0
+    assert st2.core.queues[POOL].next_level(again, 0) == 5
+    st2.close()

@@ -478,7 +478,7 @@ class MLFQQueue(_DequeBuckets):
         mask = (1 << _LEVEL_SHIFT) - 1
         boosted = [
             (k, e[0])
-            for k in sorted(self._live)
+            for k in self._live
             if k & mask == 0
             for e in self._buckets[k]
             if e[0].qkey is e

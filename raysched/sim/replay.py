@@ -296,11 +296,14 @@ class VirtualReplay:
 
         def preempt_check(now: float) -> None:
             nonlocal seq, now_
+            if not q.preemptive:
+                return
             now_ = now
             running_on.clear()
             for w in workers:
                 if w.task is not None:
                     running_on[w.task.id] = w
+            ranks: dict[str, tuple[float, ...] | None] | None = None
             if self.oracle:
                 for w in workers:
                     if w.task is not None:
@@ -308,25 +311,12 @@ class VirtualReplay:
                         w.task.remaining_hint = total[w.task.id] - done_now
                 rank = current_rank
             else:
-                # Ranks of the running tasks, worked out once per arrival. Most arrivals outrank
-                # none of them: then there is nothing for plan_preemption to look at.
-                head = q.peek()
-                hr = q.preempt_rank(head) if head is not None else None
-                if hr is None:
-                    return
-                ranks: dict[str, tuple[float, ...] | None] = {}
-                outranks = False
-                for w in workers:
-                    t = w.task
-                    if t is not None:
-                        r = ranks[t.id] = current_rank(t)
-                        if w.reserved is None and r is not None and hr < r:
-                            outranks = True
-                if not outranks:
-                    return
+                # Ranks of the running tasks, worked out once per arrival (they do not change
+                # while it is handled).
+                ranks = {w.task.id: current_rank(w.task) for w in workers if w.task is not None}
 
                 def rank(t: Task) -> tuple[float, ...] | None:
-                    return ranks[t.id] if t.id in ranks else q.preempt_rank(t)
+                    return ranks[t.id] if t.id in ranks else preempt_rank(t)
 
             signalled = [
                 w.task.id for w in workers if w.reserved is not None and w.task is not None
@@ -339,13 +329,13 @@ class VirtualReplay:
                 return max(0.0, w.chunk_start + w.extra + boundary_after(t, done_now) - base - now)
 
             while True:
-                if not self.oracle and len(signalled) > 0:
-                    # After a preemption: only look again if the new head outranks a running
-                    # task that is not already stopping (ranks as worked out above).
-                    nh = q.peek()
-                    hr = q.preempt_rank(nh) if nh is not None else None
+                if ranks is not None:
+                    # Most of the time the head outranks no running task that is not already
+                    # stopping: then there is nothing for plan_preemption to look at.
+                    head = peek()
+                    hr = preempt_rank(head) if head is not None else None
                     if hr is None or not any(
-                        (r := ranks.get(tid)) is not None and hr < r
+                        (r := ranks[tid]) is not None and hr < r
                         for tid in running_on
                         if tid not in signalled
                     ):

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
@@ -128,7 +129,8 @@ class Client:
         if not r["done"]:
             raise TimeoutError(f"task {tid} is still {r['state']} after {timeout}s")
         if r["state"] == "succeeded":
-            return r.get("result")
+            ref = r.get("result_ref")  # a large result: its JSON, from the object store
+            return r.get("result") if ref is None else orjson.loads(ray.get(ref))
         if r["state"] == "cancelled":
             raise TaskCancelled(tid)
         raise TaskFailed(tid, r["state"], r.get("error_type") or "Error", r.get("error") or "")

@@ -209,6 +209,11 @@ class StoreSettings(BaseModel):
     #: Load finished tasks back into the scheduler on recovery, so ``result``/``status`` and
     #: idempotency keys of finished tasks survive a restart.
     restore_finished: bool = True
+    #: Payloads and results whose JSON is longer than this many bytes live in Ray's object store,
+    #: with a durable copy under ``<store root>/blobs``; records hold a small descriptor instead
+    #: (``raysched.store.blobs``). Workers must reach the state directory for large results (else
+    #: they send them inline). None keeps every value inline.
+    inline_max_bytes: int | None = Field(default=64 * 1024, ge=256)
 
 
 class Settings(BaseSettings):

@@ -45,6 +45,7 @@ from raysched.http.schemas import (
 )
 from raysched.models import TaskState, new_task_id
 from raysched.settings import Settings
+from raysched.store.journal import loads
 
 __all__ = ["APIError", "SafeJSONResponse", "SchedulerCaller", "create_app", "json_safe"]
 
@@ -588,7 +589,8 @@ def create_app(
         out: dict[str, Any] = {"id": task_id, "state": r["state"], "done": bool(r["done"])}
         if r["done"]:
             if r["state"] == TaskState.SUCCEEDED.value:
-                out["result"] = json_safe(r.get("result"))
+                ref = r.get("result_ref")  # a large result: its JSON, from the object store
+                out["result"] = json_safe(r.get("result") if ref is None else loads(await ref))
             else:
                 out["error_type"] = r.get("error_type")
                 out["error"] = r.get("error")

@@ -20,6 +20,7 @@ from raysched.runtime.channel import ChannelClient, ChannelServer
 from raysched.runtime.scheduler import SchedulerService
 from raysched.runtime.worker import WorkerCore
 from raysched.settings import PoolSettings, Settings
+from raysched.store.blobs import BlobStore
 from raysched.store.journal import JournalLocked
 from raysched.store.recovery import RecoveredState, recover
 
@@ -30,28 +31,73 @@ log = logging.getLogger("raysched")
 
 class _WorkerActor:
     def __init__(
-        self, worker_id: str, pool: dict[str, Any], aliases: dict[str, str], sched: str, ns: str
+        self,
+        worker_id: str,
+        pool: dict[str, Any],
+        aliases: dict[str, str],
+        sched: str,
+        ns: str,
+        blobs: dict[str, Any] | None = None,
     ):
         p = PoolSettings.model_validate(pool)
         self._sched_name, self._ns = sched, ns
         self._sched: Any = None
         self._chan: ChannelServer | None = None
+        # large results go to blob files (the scheduler serves them through the object store)
+        self._blobs = BlobStore(blobs["root"], blobs["max_inline"]) if blobs else None
+        self._blob_failed = False
         self.core = WorkerCore(
             worker_id,
             default_registry(aliases),
             self._report,
             slots=p.slots,
             max_paused=p.max_paused,
+            fetch=self._fetch if self._blobs is not None else None,
         )
+
+    def _scheduler(self) -> Any:
+        if self._sched is None:
+            self._sched = ray.get_actor(self._sched_name, namespace=self._ns)
+        return self._sched
 
     async def _report(self, wid: str, events: list[dict[str, Any]]) -> None:
         try:
-            if self._sched is None:
-                self._sched = ray.get_actor(self._sched_name, namespace=self._ns)
-            await self._sched.report.remote(wid, events)
+            sched = self._scheduler()
+            if self._blobs is not None:
+                await self._offload(events)
+            await sched.report.remote(wid, events)
         except Exception:
             self._sched = None  # re-resolve by name next time (the scheduler may have restarted)
             raise
+
+    async def _offload(self, events: list[dict[str, Any]]) -> None:
+        """Large results go to a durable blob file and the report carries its descriptor: the
+        value never passes through the scheduler's calls, journal or results files (the
+        scheduler puts the file's bytes in the object store when a client asks for them)."""
+        blobs = self._blobs
+        assert blobs is not None
+        for ev in events:
+            if ev["t"] != "done":
+                continue
+            data = blobs.encode_if_large(ev.get("result"))
+            if data is None:
+                continue
+            try:
+                ev["result"] = await asyncio.to_thread(blobs.write, data, ev["id"])
+            except Exception as exc:  # no shared state directory here: inline, as before
+                if not self._blob_failed:
+                    log.warning("worker cannot write result blobs (%s): sending them inline", exc)
+                    self._blob_failed = True
+
+    async def _fetch(self, tid: str, desc: dict[str, Any]) -> Any:
+        """A large payload: from the object store when the scheduler still holds it, else from
+        its blob file (after a scheduler restart)."""
+        got = await self._scheduler().payload_ref.remote(tid)
+        ref = got.get("ref") if isinstance(got, dict) else None
+        if ref is not None:
+            return await ref
+        assert self._blobs is not None
+        return await asyncio.to_thread(self._blobs.read, desc)
 
     async def ready(self) -> dict[str, Any]:
         info = await self.core.ready()
@@ -115,6 +161,12 @@ class RaySpawner:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        st = settings.store
+        self._blobs = (
+            {"root": settings.store_root(), "max_inline": st.inline_max_bytes}
+            if st.enabled and st.inline_max_bytes is not None
+            else None
+        )
 
     def spawn(self, pool: PoolSettings, worker_id: str) -> Any:
         opts: dict[str, Any] = {
@@ -137,6 +189,7 @@ class RaySpawner:
                 self.settings.handlers,
                 self.settings.actor_name,
                 self.settings.namespace,
+                self._blobs,
             )
         )
 
@@ -192,7 +245,9 @@ class _SchedulerActor:
         # (at-least-once), and events they still send name workers this instance never had.
         _reap_workers(self.settings.namespace)
         store = _recover(self.settings) if self.settings.store.enabled else None
-        self.svc = SchedulerService(self.settings, RaySpawner(self.settings), store=store)
+        self.svc = SchedulerService(
+            self.settings, RaySpawner(self.settings), store=store, objects=ray.put
+        )
         gc.freeze()
         # After Ray restarts the actor nobody may call it, yet the recovered queue must drain:
         # queue a start on ourselves (it runs once the constructor returns). Every method also
@@ -238,6 +293,11 @@ class _SchedulerActor:
     async def stream(self, tid: str, after: int = 0, wait_s: float = 10.0) -> dict[str, Any]:
         self.svc.boot()
         return await self.svc.stream(tid, after, wait_s)
+
+    async def payload_ref(self, tid: str) -> dict[str, Any]:
+        """A worker asks for a large payload: ``{"ref": ObjectRef}`` while this instance holds
+        it (the worker reads the blob file otherwise)."""
+        return self.svc.payload_ref(tid)
 
     async def cancel(self, tid: str) -> dict[str, Any]:
         self.svc.boot()

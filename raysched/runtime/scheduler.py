@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -31,6 +31,8 @@ from raysched.models import TaskSpec, TaskState
 from raysched.policy.core import Decision, SchedulerCore
 from raysched.policy.task import Task
 from raysched.settings import PoolSettings, Settings
+from raysched.store.blobs import BlobStore, is_blob
+from raysched.store.journal import loads
 from raysched.store.recovery import RecoveredState
 
 __all__ = ["SchedulerService", "WorkerSpawner", "error_dict"]
@@ -93,8 +95,12 @@ class SchedulerService:
         *,
         clock: Callable[[], float] = time.time,
         store: RecoveredState | None = None,
+        objects: Callable[[Any], Any] | None = None,
     ) -> None:
         self.settings = settings
+        #: Puts a value into the object store and returns its reference (``ray.put`` at the
+        #: edge); None keeps large values in this process (tests without Ray).
+        self.objects = objects
         self.spawner = spawner
         self.clock = clock
         #: Durable state (journal, checkpoints, results); None keeps everything in memory.
@@ -133,6 +139,14 @@ class SchedulerService:
         self.checkpoint_tasks = 0  # tasks in the newest checkpoint
         self._store_error: str | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
+        # large payloads and results (raysched.store.blobs): durable files plus object refs
+        limit = settings.store.inline_max_bytes
+        self.blobs = (
+            BlobStore(store.results.dir, limit) if store is not None and limit is not None else None
+        )
+        self._payload_refs: dict[str, Any] = {}
+        self._result_refs: OrderedDict[str, Any] = OrderedDict()
+        self.blob_counts = {"payloads": 0, "payload_refs": 0, "results_read": 0}
 
     # -- start-up -------------------------------------------------------------------------------
     def boot(self) -> None:
@@ -634,6 +648,8 @@ class SchedulerService:
         ev = self._changed.pop(t.id, None)
         if ev is not None:
             ev.set()
+        if self.blobs is not None and is_blob(t.payload) and self.core.is_final(t):
+            self._drop_payloads([t])
 
     # -- client API -----------------------------------------------------------------------------
     async def submit(
@@ -641,11 +657,29 @@ class SchedulerService:
     ) -> dict[str, Any]:
         """Accept a batch all or nothing. Returns {"ids", "states"} or {"error": {...}}."""
         now = self.clock()
+        big: list[Task] = []
         try:
-            tasks = [self._task_from(d, now, tenant) for d in specs]
-            accepted = self.core.submit_many(tasks, now)
+            tasks = [self._task_from(d, now, tenant, big) for d in specs]
         except RayschedError as exc:
             return error_dict(exc)
+        refs: list[Any] = []
+        if big:
+            try:
+                refs = await self._offload_payloads(big)
+            except Exception as exc:
+                log.error("payload blobs cannot be written: %s", exc)
+                return error_dict(SchedulerUnavailable(f"payload blobs cannot be written: {exc}"))
+        try:
+            accepted = self.core.submit_many(tasks, now)
+        except RayschedError as exc:
+            self._drop_payloads(big)
+            return error_dict(exc)
+        if big:  # a duplicate (same id or idempotency key) keeps the first task's payload
+            kept = {id(t) for t in accepted}
+            for t, ref in zip(big, refs, strict=False):
+                if id(t) in kept:
+                    self._payload_refs[t.id] = ref
+            self._drop_payloads([t for t in big if id(t) not in kept])
         # Dispatch first (latency): the journal record then carries the current state anyway,
         # and nothing is acknowledged before the journal has it.
         self._dispatch(now)
@@ -654,12 +688,15 @@ class SchedulerService:
             return err
         return {"ids": [t.id for t in accepted], "states": [t.state.value for t in accepted]}
 
-    def _task_from(self, d: dict[str, Any], now: float, tenant: str | None) -> Task:
+    def _task_from(
+        self, d: dict[str, Any], now: float, tenant: str | None, big: list[Task] | None = None
+    ) -> Task:
         tiers = self.settings.policy.tiers
         if tenant is not None:
             d = {**d, "tenant": tenant}
+        ctx: dict[str, Any] = {"tiers": tiers}
         try:
-            spec = TaskSpec.model_validate(d, context={"tiers": tiers})
+            spec = TaskSpec.model_validate(d, context=ctx)
         except ValidationError as exc:
             e = exc.errors()[0]
             loc = ".".join(str(x) for x in e["loc"]) or "task"
@@ -687,6 +724,12 @@ class SchedulerService:
             None if spec.deadline_s is None else now + spec.deadline_s,
         )
         t.payload = spec.payload
+        if (
+            big is not None
+            and self.blobs is not None
+            and ctx.get("payload_bytes", 0) > self.blobs.max_inline
+        ):
+            big.append(t)
         if spec.depends_on:
             t.depends_on = spec.depends_on
         if spec.timeout_s is not None:
@@ -701,6 +744,50 @@ class SchedulerService:
         if t.gpu_memory_mb is not None:
             self._gpu_requests += 1  # from now on dispatch checks placement (the slower path)
         return t
+
+    async def _offload_payloads(self, tasks: list[Task]) -> list[Any]:
+        """Large payloads: a durable blob file each (before the acknowledgement, like the
+        journal), the value into the object store; the task and its records keep a descriptor.
+        Returns the object refs (none without an object store)."""
+        blobs = self.blobs
+        assert blobs is not None
+
+        def write() -> list[dict[str, Any]]:
+            return [blobs.write(blobs.encode_if_large(t.payload) or b"null", t.id) for t in tasks]
+
+        descs = await asyncio.to_thread(write)
+        self.blob_counts["payloads"] += len(descs)
+        refs = []
+        for t, desc in zip(tasks, descs, strict=True):
+            if self.objects is not None:
+                refs.append(self.objects(t.payload))
+            t.payload = desc
+        return refs
+
+    def _drop_payloads(self, tasks: list[Task]) -> None:
+        """Blob files and references of tasks that were not accepted, or are final."""
+        descs = []
+        for t in tasks:
+            if self.core.tasks.get(t.id) is t:
+                self._payload_refs.pop(t.id, None)
+            if is_blob(t.payload):
+                descs.append(t.payload)
+                t.payload = None  # final or refused: nothing reads it again
+        if descs and self.blobs is not None:
+            blobs = self.blobs
+
+            def delete() -> None:
+                for d in descs:
+                    blobs.delete(d)
+
+            self._bg_task(asyncio.to_thread(delete))
+
+    def payload_ref(self, tid: str) -> dict[str, Any]:
+        ref = self._payload_refs.get(tid)
+        if ref is None:
+            return {}
+        self.blob_counts["payload_refs"] += 1
+        return {"ref": ref}
 
     def _route(self, kind: str) -> str:
         for p in self.pools.values():
@@ -738,11 +825,48 @@ class SchedulerService:
                 pass
         out: dict[str, Any] = {"state": t.state.value, "done": True}
         if t.state is S.SUCCEEDED:
-            out["result"] = t.result
+            if is_blob(t.result):
+                try:
+                    out.update(await self._large_result(t))
+                except Exception as exc:
+                    log.error("result blob of %s cannot be read: %s", tid, exc)
+                    return error_dict(
+                        SchedulerUnavailable(f"the result of {tid} cannot be read: {exc}")
+                    )
+            else:
+                out["result"] = t.result
         else:
             out["error_type"] = t.error_type
             out["error"] = t.error
         return out
+
+    #: Object refs of large results kept for fast reads (older ones are read from their blob).
+    RESULT_REFS = 1024
+
+    def _keep_result_ref(self, tid: str, ref: Any) -> None:
+        refs = self._result_refs
+        refs[tid] = ref
+        refs.move_to_end(tid)
+        while len(refs) > self.RESULT_REFS:
+            refs.popitem(last=False)
+
+    async def _large_result(self, t: Task) -> dict[str, Any]:
+        """A large result: ``{"result_ref": ObjectRef}`` to its JSON bytes in the object store
+        (the caller decodes them; this process never does), read from its blob file the first
+        time; ``{"result": value}`` without an object store."""
+        ref = self._result_refs.get(t.id)
+        if ref is None:
+            if self.blobs is None:
+                raise FileNotFoundError("no state directory for result blobs")
+            data = await asyncio.to_thread(self.blobs.read_bytes, t.result)
+            self.blob_counts["results_read"] += 1
+            if self.objects is None:
+                return {"result": loads(data)}
+            ref = self.objects(data)
+            self._keep_result_ref(t.id, ref)
+        else:
+            self._result_refs.move_to_end(t.id)
+        return {"result_ref": ref}
 
     async def stream(self, tid: str, after: int = 0, wait_s: float = 10.0) -> dict[str, Any]:
         """Step outputs with index > ``after``; waits up to ``wait_s`` for new ones (long poll)."""
@@ -835,6 +959,8 @@ class SchedulerService:
                 "results_pending": self.store.results.pending,
                 "error": self._store_error,
                 "recovery_s": round(self.store.report.seconds, 3),
+                # large values (store.inline_max_bytes): blobs written here, object refs handed out
+                "blobs": dict(self.blob_counts),
             }
         s["rss_mb"] = _rss_mb()
         return s

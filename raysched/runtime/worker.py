@@ -23,12 +23,16 @@ from typing import Any
 
 from raysched.handlers import Handler, HandlerRegistry
 from raysched.runtime.telemetry import gpu_telemetry
+from raysched.store.blobs import is_blob
 
 __all__ = ["Assignment", "WorkerCore"]
 
 log = logging.getLogger("raysched.worker")
 
 Report = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
+#: Turns a large payload's descriptor (``raysched.store.blobs``) into the payload: ``(task id,
+#: descriptor) -> payload``.
+Fetch = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 #: A plain handler whose mean service time here is below this runs queued tasks back to back...
 FAST_S = 0.0005
@@ -110,8 +114,12 @@ class WorkerCore:
         max_paused: int = 4,
         flush_s: float = 0.002,
         clock: Callable[[], float] = time.monotonic,
+        fetch: Fetch | None = None,
     ) -> None:
         self.id = worker_id
+        self._fetch = fetch
+        #: assignments whose large payload is being fetched; they join the inbox when it arrives
+        self._fetching: dict[str, Assignment] = {}
         self.registry = registry
         self._report = report
         self.slots = slots
@@ -164,9 +172,31 @@ class WorkerCore:
         self._ensure_started()
         inbox = self._inbox
         for tid, kind, payload, steps_done in items:
-            inbox.append(Assignment(tid, kind, payload, steps_done))
+            a = Assignment(tid, kind, payload, steps_done)
+            if self._fetch is not None and is_blob(payload):
+                self._fetching[tid] = a
+                t = asyncio.ensure_future(self._fetch_payload(a, self._fetch))
+                self._bg.add(t)
+                t.add_done_callback(self._bg.discard)
+            else:
+                inbox.append(a)
         self._pump()
         return len(items)
+
+    async def _fetch_payload(self, a: Assignment, fetch: Fetch) -> None:
+        try:
+            payload = await fetch(a.id, a.payload)
+        except Exception as exc:
+            if self._fetching.pop(a.id, None) is not None:
+                log.warning("worker %s: payload of %s unavailable: %s", self.id, a.id, exc)
+                ev = {"t": "fail", "id": a.id, "etype": "PayloadUnavailable", "msg": str(exc)}
+                self._emit(ev)
+            return
+        if self._fetching.pop(a.id, None) is None:
+            return  # stopped while it was being fetched
+        a.payload = payload
+        self._inbox.appendleft(a)  # it was assigned before what has arrived since
+        self._pump()
 
     async def stop(self, tid: str, kind: str) -> bool:
         return self.stop_now(tid, kind)
@@ -179,9 +209,11 @@ class WorkerCore:
             run.stop_kind = kind
             run.stopped = True
             return True
-        for a in self._inbox:
+        waiting = self._fetching.pop(tid, None)
+        for a in self._inbox if waiting is None else (waiting,):
             if a.id == tid:  # assigned but not started: it leaves without running
-                self._inbox.remove(a)
+                if waiting is None:
+                    self._inbox.remove(a)
                 h = self.registry.stepwise(a.kind)
                 self._emit({"t": "paused" if kind == "pause" and h else "stopped", "id": tid})
                 return True

@@ -4,6 +4,7 @@ store (through ``pyarrow.fs``: a local folder or ``s3://``/``gs://``), and recov
 Recovery = latest snapshot + journal tail (+ results for finished tasks); at-least-once execution,
 exactly-once recorded results (deduplicated by task id, first recorded outcome wins)."""
 
+from raysched.store.blobs import BLOB_KEY, BlobStore, is_blob
 from raysched.store.checkpoint import Checkpoints, LoadedSnapshot, Snapshot, SnapshotInfo
 from raysched.store.journal import (
     Journal,
@@ -19,6 +20,8 @@ from raysched.store.recovery import RecoveredState, RecoveryReport, recover
 from raysched.store.results import ResultsStore, outcome_of
 
 __all__ = [
+    "BLOB_KEY",
+    "BlobStore",
     "Checkpoints",
     "Journal",
     "JournalClosed",
@@ -34,6 +37,7 @@ __all__ = [
     "SnapshotInfo",
     "StateDir",
     "SyncPolicy",
+    "is_blob",
     "outcome_of",
     "recover",
 ]

@@ -184,6 +184,21 @@ def test_submit_result_status_batch_queues(stack: Stack) -> None:
     assert q.status_code == 200 and "tiers" in q.json() and "pools" in q.json()
 
 
+def test_large_payload_and_result_over_http(stack: Stack) -> None:
+    """Above ``store.inline_max_bytes`` (64 KiB by default) the payload and the result travel
+    through blob files and the object store; over HTTP it looks the same."""
+    payload = {"text": "0123456789abcdef" * 12_000, "tag": "big"}  # ~192 KB
+    r = stack.submit("a", kind="echo", payload=payload)
+    assert r.status_code == 202, r.text
+    tid = r.json()["id"]
+    res = stack.http.get(
+        stack.url(f"/v1/tasks/{tid}/result"), params={"wait": 30}, headers=stack.h("a")
+    )
+    assert res.status_code == 200 and res.json()["result"] == payload
+    blobs = stack.client.stats()["store"]["blobs"]
+    assert blobs["payloads"] >= 1 and blobs["results_read"] >= 1
+
+
 def test_result_202_then_cancel_then_409(stack: Stack) -> None:
     tid = stack.submit("a", kind="simulate", payload=SLOW).json()["id"]
     r = stack.http.get(stack.url(f"/v1/tasks/{tid}/result"), headers=stack.h("a"))

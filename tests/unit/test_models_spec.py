@@ -219,3 +219,12 @@ def test_audit_event_shape() -> None:
         "at": 1.5,
         "reason": "submitted",
     }
+
+
+def test_validation_reports_the_payload_size_to_its_caller() -> None:
+    """The scheduler learns the encoded size from validation (it decides which payloads go to
+    blob files) instead of encoding every payload a second time."""
+    ctx: dict[str, object] = {}
+    TaskSpec.model_validate({"kind": "echo", "payload": {"a": "xyz"}}, context=ctx)
+    assert ctx["payload_bytes"] == len(b'{"a":"xyz"}')
+    TaskSpec.model_validate({"kind": "echo", "payload": {"a": "xyz"}})  # no context: fine

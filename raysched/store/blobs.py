@@ -1,0 +1,83 @@
+"""Large payloads and results. The value is served from Ray's object store, and a durable copy
+lives under ``<store root>/blobs`` so that it survives what the object store does not (the death
+of the object's owner, a whole-cluster restart). The journal, snapshots and results store hold only
+a small descriptor, ``{"$raysched_blob": NAME, "bytes": N}``, in place of the value.
+
+Who writes what: the scheduler writes a large payload's blob before it acknowledges the submission
+and puts the payload in the object store, where the worker fetches it (from the blob after a
+scheduler restart). A worker writes a large result's blob before it reports the task done; the
+scheduler puts the blob's bytes in the object store the first time a client asks, and the client
+decodes them (the scheduler never does). Ray 2.56 removed ``ray.put(_owner=...)``, so a worker
+cannot hand an object it creates over to the scheduler: an object the worker owned would die with
+it. Workers therefore need to reach the state directory (one node, a shared file system, ``s3://``
+or ``gs://``); a worker that cannot sends the result inline, as for small ones. No Ray import: the
+object-store side is injected where Ray lives (``raysched.runtime.factory``)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+from raysched.store.journal import dumps, loads
+from raysched.store.location import StateDir
+
+__all__ = ["BLOB_KEY", "BlobStore", "is_blob"]
+
+#: The descriptor's key; a handler result that is itself such a dict is taken for a descriptor.
+BLOB_KEY = "$raysched_blob"
+FOLDER = "blobs"
+
+
+def is_blob(value: Any) -> bool:
+    """True for a blob descriptor (what stands in for a large value in records)."""
+    return type(value) is dict and len(value) == 2 and BLOB_KEY in value and "bytes" in value
+
+
+class BlobStore:
+    """Blob files under ``<root>/blobs``, one per value, written atomically (temporary name,
+    fsync, rename; an object-store upload on ``s3://``/``gs://``). ``max_inline``: values whose
+    JSON is longer go to a blob."""
+
+    def __init__(
+        self, root: str | os.PathLike[str] | StateDir, max_inline: int, filesystem: Any = None
+    ) -> None:
+        self.dir = root if isinstance(root, StateDir) else StateDir(root, filesystem)
+        self.max_inline = max_inline
+        self._made = False
+
+    def encode_if_large(self, value: Any) -> bytes | None:
+        """The JSON of ``value`` when it is too long to keep inline, else None."""
+        if value is None or isinstance(value, (bool, int, float)):
+            return None
+        data = dumps(value)
+        return data if len(data) > self.max_inline else None
+
+    def write(self, data: bytes, tag: str = "") -> dict[str, Any]:
+        """Write ``data`` durably under a new name; returns its descriptor. ``tag`` (a task id)
+        only makes the name easier to read; names never repeat, so a redone task writes a new
+        file and the descriptor the journal recorded first keeps pointing at its own."""
+        if not self._made:
+            self.dir.makedirs(FOLDER)
+            self._made = True
+        safe = "".join(c for c in tag[:40] if c.isalnum() or c in "-_")
+        name = f"{safe}-{uuid.uuid4().hex}.json" if safe else f"{uuid.uuid4().hex}.json"
+        self.dir.write_atomic(FOLDER, name, lambda out: out.write(data))
+        return {BLOB_KEY: name, "bytes": len(data)}
+
+    def read(self, desc: dict[str, Any]) -> Any:
+        """The value a descriptor stands for (``FileNotFoundError`` if its file is gone)."""
+        return loads(self.read_bytes(desc))
+
+    def read_bytes(self, desc: dict[str, Any]) -> bytes:
+        """The JSON a descriptor stands for."""
+        name = str(desc[BLOB_KEY])
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"not a blob name: {name!r}")
+        return self.dir.read_bytes(FOLDER, name)
+
+    def delete(self, desc: dict[str, Any]) -> None:
+        self.dir.delete(FOLDER, str(desc[BLOB_KEY]))
+
+    def names(self) -> list[str]:
+        return [n for n in self.dir.listdir(FOLDER) if not n.startswith("tmp-")]

@@ -1,0 +1,171 @@
+"""Blob files for large payloads and results, and a worker that holds an assignment back until
+its large payload is fetched (no Ray: the fetch is a plain coroutine here)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raysched.runtime.worker import WorkerCore
+from raysched.store.blobs import BLOB_KEY, BlobStore, is_blob
+from tests.unit.test_worker_channel import Reports, registry_with, until
+
+
+def test_small_values_stay_inline_and_large_ones_round_trip(tmp_path: Path) -> None:
+    b = BlobStore(tmp_path, max_inline=1000)
+    assert b.encode_if_large({"x": "a" * 10}) is None
+    assert b.encode_if_large(12345) is None and b.encode_if_large(None) is None
+    big = {"text": "é" * 2000, "n": [1, 2, 3]}
+    data = b.encode_if_large(big)
+    assert data is not None and len(data) > 1000
+    desc = b.write(data, "task/../1")
+    assert is_blob(desc) and desc["bytes"] == len(data)
+    assert "/" not in desc[BLOB_KEY] and desc[BLOB_KEY].startswith("task1-")
+    assert b.read(desc) == big
+    # a second write of the same task gets its own file: a redone task never overwrites
+    desc2 = b.write(data, "task/../1")
+    assert desc2[BLOB_KEY] != desc[BLOB_KEY]
+    assert sorted(b.names()) == sorted([desc[BLOB_KEY], desc2[BLOB_KEY]])
+    b.delete(desc)
+    with pytest.raises(FileNotFoundError):
+        b.read(desc)
+    assert b.names() == [desc2[BLOB_KEY]]
+
+
+def test_descriptor_shape_and_bad_names(tmp_path: Path) -> None:
+    assert not is_blob({BLOB_KEY: "x"})
+    assert not is_blob({BLOB_KEY: "x", "bytes": 1, "more": 2})
+    assert not is_blob([BLOB_KEY, "bytes"])
+    b = BlobStore(tmp_path, max_inline=256)
+    with pytest.raises(ValueError, match="not a blob name"):
+        b.read({BLOB_KEY: "../secrets.json", "bytes": 1})
+
+
+def _blob_task(tid: str) -> tuple[str, str, Any, int]:
+    return (tid, "echo", {BLOB_KEY: f"{tid}.json", "bytes": 99_999}, 0)
+
+
+def test_worker_runs_a_large_payload_task_once_fetched_and_in_order() -> None:
+    async def main() -> Reports:
+        gate = asyncio.Event()
+        asked: list[str] = []
+
+        async def fetch(tid: str, desc: dict[str, Any]) -> Any:
+            asked.append(tid)
+            await gate.wait()
+            return {"big": tid}
+
+        rep = Reports()
+        w = WorkerCore("w1", registry_with(), rep, slots=1, fetch=fetch)
+        w.assign_now([_blob_task("a"), ("b", "echo", {"small": 1}, 0)])
+        await until(lambda: "b" in rep.final())
+        assert "a" not in rep.final() and asked == ["a"]  # held back, the rest goes on
+        gate.set()
+        await until(lambda: "a" in rep.final())
+        return rep
+
+    rep = asyncio.run(main())
+    assert rep.final()["a"]["t"] == "done" and rep.final()["a"]["result"] == {"big": "a"}
+    assert rep.final()["b"]["result"] == {"small": 1}
+
+
+def test_stop_while_fetching_and_fetch_failure() -> None:
+    async def main() -> Reports:
+        gate = asyncio.Event()
+
+        async def fetch(tid: str, desc: dict[str, Any]) -> Any:
+            await gate.wait()
+            if tid == "gone":
+                raise FileNotFoundError("blob gone.json")
+            return {"x": 1}
+
+        rep = Reports()
+        w = WorkerCore("w1", registry_with(), rep, slots=2, fetch=fetch)
+        w.assign_now([_blob_task("cancelled"), _blob_task("gone")])
+        assert w.stop_now("cancelled", "cancel")
+        await until(lambda: "cancelled" in rep.final())
+        gate.set()
+        await until(lambda: "gone" in rep.final())
+        await asyncio.sleep(0.05)  # the cancelled one's fetch finished too: it must not run
+        return rep
+
+    rep = asyncio.run(main())
+    assert rep.final()["cancelled"]["t"] == "stopped"
+    assert [e["t"] for e in rep.events if e["id"] == "cancelled"] == ["stopped"]
+    gone = rep.final()["gone"]
+    assert gone["t"] == "fail" and gone["etype"] == "PayloadUnavailable"
+    assert "blob gone.json" in gone["msg"]
+
+
+def test_without_a_fetch_hook_descriptors_pass_through() -> None:
+    async def main() -> Reports:
+        rep = Reports()
+        w = WorkerCore("w1", registry_with(), rep, slots=1)
+        w.assign_now([_blob_task("a")])
+        await until(lambda: "a" in rep.final())
+        return rep
+
+    assert is_blob(asyncio.run(main()).final()["a"]["result"])
+
+
+# -- the scheduler's side, in one process (the in-process spawner of the HTTP unit tests) -------
+def test_scheduler_keeps_large_payloads_and_results_out_of_its_records(tmp_path: Path) -> None:
+    from raysched.handlers import default_registry
+    from raysched.runtime.scheduler import SchedulerService
+    from raysched.settings import PoolSettings, Settings
+    from raysched.store.recovery import recover
+    from tests.unit.http_fakes import InProcessSpawner, _Worker
+
+    settings = Settings(
+        state_dir=str(tmp_path),
+        pools=[PoolSettings(min_workers=1, max_workers=1, slots=2)],
+        store={"inline_max_bytes": 1024},
+    )
+    root = settings.store_root()
+    blobs = BlobStore(root, 1024)
+
+    class Spawner(InProcessSpawner):
+        def spawn(self, pool: PoolSettings, worker_id: str) -> _Worker:
+            async def report(wid: str, events: list[dict[str, Any]]) -> None:
+                for ev in events:  # what the worker actor does with a large result
+                    data = blobs.encode_if_large(ev.get("result"))
+                    if ev["t"] == "done" and data is not None:
+                        ev["result"] = blobs.write(data, ev["id"])
+                assert self.svc is not None
+                await self.svc.report(wid, events)
+
+            async def fetch(tid: str, desc: dict[str, Any]) -> Any:
+                return blobs.read(desc)
+
+            return _Worker(worker_id, default_registry(), report, slots=2, fetch=fetch)
+
+    async def main() -> None:
+        state = recover(root, pools=["default"], settings=settings.policy)
+        spawner = Spawner(settings)
+        svc = SchedulerService(settings, spawner, store=state)
+        spawner.svc = svc
+        await svc.start()
+        big = {"text": "x" * 5000}
+        r = await svc.submit([{"kind": "echo", "payload": big, "idempotency_key": "k1"}])
+        tid = r["ids"][0]
+        # the same key again: the first task is the answer, the copy's blob is dropped
+        again = await svc.submit([{"kind": "echo", "payload": big, "idempotency_key": "k1"}])
+        assert again["ids"] == [tid]
+        out = await svc.result(tid, 30)
+        assert out["result"] == big  # read back from the worker's blob (no object store here)
+        assert svc.blob_counts == {"payloads": 2, "payload_refs": 0, "results_read": 1}
+        small = await svc.submit([{"kind": "echo", "payload": {"x": 1}}])
+        assert (await svc.result(small["ids"][0], 30))["result"] == {"x": 1}
+        for _ in range(100):  # the payload blobs go once the task is final (a thread does it)
+            if len(blobs.names()) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert [n.startswith(tid) for n in blobs.names()] == [True]  # the result's blob
+        await svc.shutdown()
+
+    asyncio.run(main())
+    journal = b"".join(p.read_bytes() for p in (Path(root) / "journal").glob("*"))
+    assert b"x" * 2000 not in journal and BLOB_KEY.encode() in journal

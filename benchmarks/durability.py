@@ -7,6 +7,9 @@
    acknowledgement waits for the journal).
 3. Restart of the actor after SIGKILL with 10k / 100k queued tasks: kill to first answer, and the
    recovery time the actor reports; from the journal alone and from a snapshot plus journal tail.
+4. Large values: echo tasks with a large payload (so a large result too), inline
+   (``store.inline_max_bytes: null``) against blob files + object store (the default 64 KiB):
+   throughput, journal bytes per task, scheduler memory, time to read every result back.
 
     python benchmarks/durability.py [--tasks 20000] [--rounds 3] [--write]
 """
@@ -128,6 +131,38 @@ def restart(n: int, snapshot: bool, state: str) -> dict[str, float]:
         c.shutdown()
 
 
+def large(inline: bool, n: int, kb: int, state: str) -> dict[str, float]:
+    """``n`` echo tasks with a ``kb`` KiB payload each, submitted 10 per call."""
+    store: dict[str, Any] = {"inline_max_bytes": None if inline else 64 * 1024}
+    c = make("everysec", state, PoolSettings(min_workers=2, max_workers=2, slots=4), **store)
+    try:
+        ready(c, 2)
+        text = "x" * (kb * 1024)
+        rss0 = c.stats()["rss_mb"]
+        t0 = time.perf_counter()
+        ids: list[str] = []
+        for i in range(0, n, 10):
+            ids += c.submit_batch(
+                [{"kind": "echo", "payload": {"i": j, "text": text}} for j in range(i, i + 10)]
+            )
+        while c.progress()["completed"] < n:
+            time.sleep(0.01)
+        run_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        for tid in ids:
+            assert len(c.result(tid)["text"]) == len(text)
+        read_s = time.perf_counter() - t1
+        st = c.stats()
+        return {
+            "per_s": n / run_s,
+            "read_per_s": n / read_s,
+            "journal_bytes_per_task": st["store"]["journal_bytes"] / n,
+            "rss_growth_mb": (st["rss_mb"] or 0.0) - (rss0 or 0.0),
+        }
+    finally:
+        c.shutdown()
+
+
 def render(a: argparse.Namespace, res: dict[str, Any]) -> str:
     mem = statistics.median(res["throughput"]["memory"])
     lines = [
@@ -177,6 +212,22 @@ def render(a: argparse.Namespace, res: dict[str, Any]) -> str:
         lines.append(
             f"| {r['n']:,} | {r['from']} | {r['kill_to_answer_s']:.2f} | {r['recovery_s']:.2f} |"
         )
+    if res.get("large"):
+        lines += [
+            "",
+            f"Large values: {a.large:,} echo tasks with a {a.large_kb} KiB payload each (so a "
+            f"{a.large_kb} KiB result too), 10 per call, 2 workers x 4 slots, everysec; then "
+            "`client.result` for each, one by one:",
+            "",
+            "| large values | tasks/s | results read/s | journal B/task "
+            "| scheduler RSS growth MB |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, r in res["large"].items():
+            lines.append(
+                f"| {name} | {r['per_s']:,.1f} | {r['read_per_s']:,.1f} | "
+                f"{r['journal_bytes_per_task']:,.0f} | {r['rss_growth_mb']:,.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -198,6 +249,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--acks", type=int, default=1000)
     ap.add_argument("--restart", type=int, nargs="*", default=[10_000, 100_000])
+    ap.add_argument("--large", type=int, default=300, help="large-value tasks (0: skip)")
+    ap.add_argument("--large-kb", type=int, default=256)
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -207,6 +260,7 @@ def main() -> None:
         "journal_bytes": {m: [] for m in MODES},
         "acks": {},
         "restart": [],
+        "large": {},
     }
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="bench")
     with tempfile.TemporaryDirectory(prefix="raysched-bench-") as state:
@@ -227,6 +281,13 @@ def main() -> None:
                     {"n": n, "from": "snapshot + tail" if snap else "journal only", **r_}
                 )
                 print(f"restart {n} snapshot={snap}: {r_}", flush=True)
+        if a.large:
+            for name, inline in (
+                ("inline (inline_max_bytes: null)", True),
+                ("blobs + object store (64 KiB)", False),
+            ):
+                res["large"][name] = large(inline, a.large, a.large_kb, state)
+                print(f"large {name}: {res['large'][name]}", flush=True)
     ray.shutdown()
     if a.json:
         print(json.dumps(res))

@@ -92,10 +92,14 @@ class _WorkerActor:
     async def _fetch(self, tid: str, desc: dict[str, Any]) -> Any:
         """A large payload: from the object store when the scheduler still holds it, else from
         its blob file (after a scheduler restart)."""
-        got = await self._scheduler().payload_ref.remote(tid)
-        ref = got.get("ref") if isinstance(got, dict) else None
-        if ref is not None:
-            return await ref
+        try:
+            got = await self._scheduler().payload_ref.remote(tid)
+            ref = got.get("ref") if isinstance(got, dict) else None
+            if ref is not None:
+                return await ref
+        except Exception as exc:  # the scheduler is restarting, or the object is lost
+            self._sched = None
+            log.info("payload of %s not in the object store (%s): reading its blob", tid, exc)
         assert self._blobs is not None
         return await asyncio.to_thread(self._blobs.read, desc)
 

@@ -32,7 +32,7 @@ from raysched.policy.core import Decision, SchedulerCore
 from raysched.policy.task import Task
 from raysched.settings import PoolSettings, Settings
 from raysched.store.blobs import BlobStore, is_blob
-from raysched.store.journal import loads
+from raysched.store.journal import dumps, loads
 from raysched.store.recovery import RecoveredState
 
 __all__ = ["SchedulerService", "WorkerSpawner", "error_dict"]
@@ -753,7 +753,7 @@ class SchedulerService:
         assert blobs is not None
 
         def write() -> list[dict[str, Any]]:
-            return [blobs.write(blobs.encode_if_large(t.payload) or b"null", t.id) for t in tasks]
+            return [blobs.write(dumps(t.payload), t.id) for t in tasks]
 
         descs = await asyncio.to_thread(write)
         self.blob_counts["payloads"] += len(descs)

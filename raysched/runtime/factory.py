@@ -76,18 +76,25 @@ class _WorkerActor:
         scheduler puts the file's bytes in the object store when a client asks for them)."""
         blobs = self._blobs
         assert blobs is not None
+        large: list[tuple[dict[str, Any], bytes]] = []
         for ev in events:
-            if ev["t"] != "done":
-                continue
-            data = blobs.encode_if_large(ev.get("result"))
-            if data is None:
-                continue
-            try:
-                ev["result"] = await asyncio.to_thread(blobs.write, data, ev["id"])
-            except Exception as exc:  # no shared state directory here: inline, as before
-                if not self._blob_failed:
-                    log.warning("worker cannot write result blobs (%s): sending them inline", exc)
-                    self._blob_failed = True
+            if ev["t"] == "done":
+                data = blobs.encode_if_large(ev.get("result"))
+                if data is not None:
+                    large.append((ev, data))
+        if not large:
+            return
+        try:
+            descs = await asyncio.to_thread(
+                blobs.write_many, [(data, ev["id"]) for ev, data in large]
+            )
+        except Exception as exc:  # no shared state directory here: inline, as before
+            if not self._blob_failed:
+                log.warning("worker cannot write result blobs (%s): sending them inline", exc)
+                self._blob_failed = True
+            return
+        for (ev, _), desc in zip(large, descs, strict=True):
+            ev["result"] = desc
 
     async def _fetch(self, tid: str, desc: dict[str, Any]) -> Any:
         """A large payload: from the object store when the scheduler still holds it, else from

@@ -753,7 +753,7 @@ class SchedulerService:
         assert blobs is not None
 
         def write() -> list[dict[str, Any]]:
-            return [blobs.write(dumps(t.payload), t.id) for t in tasks]
+            return blobs.write_many([(dumps(t.payload), t.id) for t in tasks])
 
         descs = await asyncio.to_thread(write)
         self.blob_counts["payloads"] += len(descs)

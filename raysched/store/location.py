@@ -7,6 +7,7 @@ and the move is a server-side copy, so a reader sees the whole object or none of
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Callable
@@ -17,6 +18,10 @@ import pyarrow.fs as pafs
 __all__ = ["StateDir"]
 
 TMP_PREFIX = "tmp-"
+
+
+def _write_to(out: Any, data: bytes) -> None:
+    out.write(data)
 
 
 def _fsync_path(path: str, directory: bool = False) -> None:
@@ -74,6 +79,32 @@ class StateDir:
     def read_bytes(self, *parts: str) -> bytes:
         with self.fs.open_input_stream(self.path(*parts)) as f:
             return bytes(f.read())
+
+    def write_many_atomic(self, folder: str, items: list[tuple[str, bytes]]) -> None:
+        """``write_atomic`` for several files at once: on a local disk each file is fsynced and
+        renamed, and the directory is fsynced once for all of them."""
+        if not self.local or len(items) < 2:
+            for name, data in items:
+                self.write_atomic(folder, name, functools.partial(_write_to, data=data))
+            return
+        tmps: list[str] = []
+        try:
+            for name, data in items:
+                tmp = self.path(folder, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
+                tmps.append(tmp)
+                with self.fs.open_output_stream(tmp) as out:
+                    out.write(data)
+                _fsync_path(tmp)
+            for tmp, (name, _) in zip(tmps, items, strict=True):
+                self.fs.move(tmp, self.path(folder, name))
+            _fsync_path(self.path(folder), directory=True)
+        except BaseException:
+            for tmp in tmps:
+                try:
+                    self.fs.delete_file(tmp)
+                except Exception:
+                    pass
+            raise
 
     def write_atomic(self, folder: str, name: str, write: Callable[[Any], None]) -> None:
         """Write ``folder/name`` through ``write(stream)`` under a temporary name, make it durable,

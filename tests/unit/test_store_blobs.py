@@ -169,3 +169,12 @@ def test_scheduler_keeps_large_payloads_and_results_out_of_its_records(tmp_path:
     asyncio.run(main())
     journal = b"".join(p.read_bytes() for p in (Path(root) / "journal").glob("*"))
     assert b"x" * 2000 not in journal and BLOB_KEY.encode() in journal
+
+
+def test_many_blobs_in_one_go(tmp_path: Path) -> None:
+    b = BlobStore(tmp_path, max_inline=256)
+    vals = [{"i": i, "pad": "p" * 300} for i in range(5)]
+    descs = b.write_many([(b.encode_if_large(v) or b"", f"t{i}") for i, v in enumerate(vals)])
+    assert [b.read(d) for d in descs] == vals
+    assert sorted(b.names()) == sorted(d[BLOB_KEY] for d in descs)
+    assert not [p for p in (tmp_path / "blobs").iterdir() if p.name.startswith("tmp-")]

@@ -10,7 +10,13 @@ from typing import Any
 
 import orjson
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    GetTimeoutError,
+    ObjectLostError,
+    RayActorError,
+)
 
 from raysched.errors import (
     DependencyError,
@@ -130,7 +136,13 @@ class Client:
             raise TimeoutError(f"task {tid} is still {r['state']} after {timeout}s")
         if r["state"] == "succeeded":
             ref = r.get("result_ref")  # a large result: its JSON, from the object store
-            return r.get("result") if ref is None else orjson.loads(ray.get(ref))
+            if ref is None:
+                return r.get("result")
+            try:
+                return orjson.loads(ray.get(ref))
+            except ObjectLostError:  # the scheduler restarted since: it reads the blob again
+                r = self._call("result", tid, timeout)
+                return orjson.loads(ray.get(r["result_ref"]))
         if r["state"] == "cancelled":
             raise TaskCancelled(tid)
         raise TaskFailed(tid, r["state"], r.get("error_type") or "Error", r.get("error") or "")

@@ -29,6 +29,8 @@ __all__ = [
 #: Tier name -> priority. Lower runs earlier (the vLLM convention).
 DEFAULT_TIERS: Mapping[str, int] = {"critical": 0, "interactive": 1, "batch": 5, "best_effort": 9}
 MAX_PAYLOAD_BYTES = 1 << 20
+#: The key of a large value's descriptor (``raysched.store.blobs``), reserved in payloads.
+BLOB_KEY = "$raysched_blob"
 MAX_PRIORITY = 99
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps(v, separators=...) without
 # building an encoder per call
@@ -107,6 +109,8 @@ class TaskSpec(BaseModel):
     @field_validator("payload")
     @classmethod
     def _payload_size(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if BLOB_KEY in v:  # it would be taken for a stored large payload's descriptor
+            raise ValueError(f"the payload key {BLOB_KEY!r} is reserved")
         # orjson, the journal's encoder, is ~7x faster than the standard library (this runs on
         # every submission), but it also writes values JSON has no type for (datetime, UUID,
         # enums, dataclasses) as something else. So it decides only when the payload comes back

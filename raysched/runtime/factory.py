@@ -173,9 +173,11 @@ class RaySpawner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         st = settings.store
+        # workers read payload blobs whenever there is a store (some may predate a change of
+        # inline_max_bytes to null), and write result blobs unless it is null
         self._blobs = (
             {"root": settings.store_root(), "max_inline": st.inline_max_bytes}
-            if st.enabled and st.inline_max_bytes is not None
+            if st.enabled
             else None
         )
 

@@ -140,10 +140,14 @@ class SchedulerService:
         self._store_error: str | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
         # large payloads and results (raysched.store.blobs): durable files plus object refs
-        limit = settings.store.inline_max_bytes
+        # always readable when there is a store: blobs written before inline_max_bytes was unset
         self.blobs = (
-            BlobStore(store.results.dir, limit) if store is not None and limit is not None else None
+            BlobStore(store.results.dir, settings.store.inline_max_bytes)
+            if store is not None
+            else None
         )
+        #: payload blobs of final tasks, deleted once a checkpoint has made their outcome durable
+        self._blob_garbage: list[dict[str, Any]] = []
         self._payload_refs: dict[str, Any] = {}
         self._result_refs: OrderedDict[str, Any] = OrderedDict()
         self.blob_counts = {"payloads": 0, "payload_refs": 0, "results_read": 0}
@@ -338,12 +342,16 @@ class SchedulerService:
     async def _checkpoint(self) -> None:
         store = self.store
         assert store is not None
+        # payload blobs of tasks that were final before this checkpoint: it makes them durable
+        garbage, self._blob_garbage = self._blob_garbage, []
         try:
             info = await store.checkpoint_async()
             self.checkpoints_taken += 1
             self.checkpoint_tasks = info.tasks
             log.info("checkpoint %s: %d tasks", info.name, info.tasks)
+            self._delete_blobs(garbage)
         except Exception:
+            self._blob_garbage[:0] = garbage
             log.exception("checkpoint failed (the journal still has everything)")
         finally:
             self._checkpointing = False
@@ -677,9 +685,10 @@ class SchedulerService:
         if big:  # a duplicate (same id or idempotency key) keeps the first task's payload
             kept = {id(t) for t in accepted}
             for t, ref in zip(big, refs, strict=False):
-                if id(t) in kept:
+                if id(t) in kept and not self.core.is_final(t):
                     self._payload_refs[t.id] = ref
-            self._drop_payloads([t for t in big if id(t) not in kept])
+            # refused copies, and children failed at once because a parent had failed
+            self._drop_payloads([t for t in big if id(t) not in kept or self.core.is_final(t)])
         # Dispatch first (latency): the journal record then carries the current state anyway,
         # and nothing is acknowledged before the journal has it.
         self._dispatch(now)
@@ -727,6 +736,7 @@ class SchedulerService:
         if (
             big is not None
             and self.blobs is not None
+            and self.blobs.max_inline is not None
             and ctx.get("payload_bytes", 0) > self.blobs.max_inline
         ):
             big.append(t)
@@ -765,22 +775,31 @@ class SchedulerService:
         return refs
 
     def _drop_payloads(self, tasks: list[Task]) -> None:
-        """Blob files and references of tasks that were not accepted, or are final."""
-        descs = []
+        """Blob files and references of tasks that were not accepted (deleted now), or are final
+        (deleted after the next checkpoint: until their outcome is durable, a crash could bring
+        them back as work to redo)."""
+        now_: list[dict[str, Any]] = []
         for t in tasks:
-            if self.core.tasks.get(t.id) is t:
+            ours = self.core.tasks.get(t.id) is t
+            if ours:
                 self._payload_refs.pop(t.id, None)
             if is_blob(t.payload):
-                descs.append(t.payload)
+                (self._blob_garbage if ours else now_).append(t.payload)
                 t.payload = None  # final or refused: nothing reads it again
-        if descs and self.blobs is not None:
-            blobs = self.blobs
+        if now_:
+            self._delete_blobs(now_)
 
-            def delete() -> None:
-                for d in descs:
-                    blobs.delete(d)
+    def _delete_blobs(self, descs: list[dict[str, Any]]) -> None:
+        if self.blobs is not None and descs:
+            self._bg_task(asyncio.to_thread(self._delete_quietly, descs))
 
-            self._bg_task(asyncio.to_thread(delete))
+    def _delete_quietly(self, descs: list[dict[str, Any]]) -> None:
+        assert self.blobs is not None
+        for d in descs:
+            try:
+                self.blobs.delete(d)
+            except Exception as exc:  # a bad name or a storage error: keep going
+                log.warning("blob %s not deleted: %s", d, exc)
 
     def payload_ref(self, tid: str) -> dict[str, Any]:
         ref = self._payload_refs.get(tid)
@@ -808,21 +827,27 @@ class SchedulerService:
         t = self.core.tasks.get(tid)
         return None if t is None else t.tenant
 
+    async def _until_final(self, t: Task, timeout: float | None) -> bool:
+        """Waits up to ``timeout`` for ``t`` to be final; returns whether it is."""
+        deadline = None if timeout is None else self.clock() + timeout
+        while not self.core.is_final(t):
+            left = None if deadline is None else deadline - self.clock()
+            if left is not None and left <= 0:
+                return False
+            ev = self._changed.setdefault(t.id, asyncio.Event())
+            try:
+                await asyncio.wait_for(ev.wait(), timeout=left)
+            except asyncio.TimeoutError:
+                pass
+        return True
+
     async def result(self, tid: str, timeout: float | None = None) -> dict[str, Any]:
         """Waits up to ``timeout`` for the task's final outcome."""
         t = self.core.tasks.get(tid)
         if t is None:
             return error_dict(TaskNotFound(f"no task {tid}"))
-        deadline = None if timeout is None else self.clock() + timeout
-        while not self.core.is_final(t):
-            left = None if deadline is None else deadline - self.clock()
-            if left is not None and left <= 0:
-                return {"state": t.state.value, "done": False}
-            ev = self._changed.setdefault(tid, asyncio.Event())
-            try:
-                await asyncio.wait_for(ev.wait(), timeout=left)
-            except asyncio.TimeoutError:
-                pass
+        if not await self._until_final(t, timeout):
+            return {"state": t.state.value, "done": False}
         out: dict[str, Any] = {"state": t.state.value, "done": True}
         if t.state is S.SUCCEEDED:
             if is_blob(t.result):
@@ -914,7 +939,9 @@ class SchedulerService:
         out = []
         for tid in ids:
             left = None if deadline is None else max(0.0, deadline - self.clock())
-            await self.result(tid, left)
+            t = self.core.tasks.get(tid)
+            if t is not None:
+                await self._until_final(t, left)
             out.append(self.status(tid))
         return out
 
@@ -984,5 +1011,8 @@ class SchedulerService:
             store, self.store, self.recorder = self.store, None, None
             if self._loop_task is not None:
                 self._loop_task.cancel()
-            await asyncio.to_thread(store.close)
+            await asyncio.to_thread(store.close)  # journal closed, results flushed: durable
+            garbage, self._blob_garbage = self._blob_garbage, []
+            if garbage and self.blobs is not None:
+                await asyncio.to_thread(self._delete_quietly, garbage)
         return n

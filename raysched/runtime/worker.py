@@ -187,13 +187,15 @@ class WorkerCore:
         try:
             payload = await fetch(a.id, a.payload)
         except Exception as exc:
-            if self._fetching.pop(a.id, None) is not None:
+            if self._fetching.get(a.id) is a:  # not stopped, nor assigned again meanwhile
+                del self._fetching[a.id]
                 log.warning("worker %s: payload of %s unavailable: %s", self.id, a.id, exc)
                 ev = {"t": "fail", "id": a.id, "etype": "PayloadUnavailable", "msg": str(exc)}
                 self._emit(ev)
             return
-        if self._fetching.pop(a.id, None) is None:
-            return  # stopped while it was being fetched
+        if self._fetching.get(a.id) is not a:
+            return  # stopped while it was being fetched (and maybe assigned again)
+        del self._fetching[a.id]
         a.payload = payload
         self._inbox.appendleft(a)  # it was assigned before what has arrived since
         self._pump()

@@ -19,13 +19,14 @@ import os
 import uuid
 from typing import Any
 
+from raysched.models import BLOB_KEY
 from raysched.store.journal import dumps, loads
 from raysched.store.location import StateDir
 
 __all__ = ["BLOB_KEY", "BlobStore", "is_blob"]
 
-#: The descriptor's key; a handler result that is itself such a dict is taken for a descriptor.
-BLOB_KEY = "$raysched_blob"
+# BLOB_KEY, the descriptor's key, is reserved in payloads (models.TaskSpec refuses it); a handler
+# result shaped like a descriptor would be taken for one.
 FOLDER = "blobs"
 
 
@@ -34,13 +35,23 @@ def is_blob(value: Any) -> bool:
     return type(value) is dict and len(value) == 2 and BLOB_KEY in value and "bytes" in value
 
 
+def _name(desc: dict[str, Any]) -> str:
+    name = str(desc[BLOB_KEY])
+    if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".json"):
+        raise ValueError(f"not a blob name: {name!r}")
+    return name
+
+
 class BlobStore:
     """Blob files under ``<root>/blobs``, one per value, written atomically (temporary name,
     fsync, rename; an object-store upload on ``s3://``/``gs://``). ``max_inline``: values whose
-    JSON is longer go to a blob."""
+    JSON is longer go to a blob; None writes none (blobs written before can still be read)."""
 
     def __init__(
-        self, root: str | os.PathLike[str] | StateDir, max_inline: int, filesystem: Any = None
+        self,
+        root: str | os.PathLike[str] | StateDir,
+        max_inline: int | None,
+        filesystem: Any = None,
     ) -> None:
         self.dir = root if isinstance(root, StateDir) else StateDir(root, filesystem)
         self.max_inline = max_inline
@@ -48,7 +59,7 @@ class BlobStore:
 
     def encode_if_large(self, value: Any) -> bytes | None:
         """The JSON of ``value`` when it is too long to keep inline, else None."""
-        if value is None or isinstance(value, (bool, int, float)):
+        if self.max_inline is None or value is None or isinstance(value, (bool, int, float)):
             return None
         data = dumps(value)
         return data if len(data) > self.max_inline else None
@@ -79,13 +90,10 @@ class BlobStore:
 
     def read_bytes(self, desc: dict[str, Any]) -> bytes:
         """The JSON a descriptor stands for."""
-        name = str(desc[BLOB_KEY])
-        if "/" in name or name.startswith("."):
-            raise ValueError(f"not a blob name: {name!r}")
-        return self.dir.read_bytes(FOLDER, name)
+        return self.dir.read_bytes(FOLDER, _name(desc))
 
     def delete(self, desc: dict[str, Any]) -> None:
-        self.dir.delete(FOLDER, str(desc[BLOB_KEY]))
+        self.dir.delete(FOLDER, _name(desc))
 
     def names(self) -> list[str]:
         return [n for n in self.dir.listdir(FOLDER) if not n.startswith("tmp-")]

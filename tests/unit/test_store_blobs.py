@@ -40,8 +40,24 @@ def test_descriptor_shape_and_bad_names(tmp_path: Path) -> None:
     assert not is_blob({BLOB_KEY: "x", "bytes": 1, "more": 2})
     assert not is_blob([BLOB_KEY, "bytes"])
     b = BlobStore(tmp_path, max_inline=256)
-    with pytest.raises(ValueError, match="not a blob name"):
-        b.read({BLOB_KEY: "../secrets.json", "bytes": 1})
+    victim = tmp_path / "victim.json"
+    victim.write_text("{}")
+    for name in ("../victim.json", "..", ".hidden.json", "a\\b.json", "notjson"):
+        with pytest.raises(ValueError, match="not a blob name"):
+            b.read({BLOB_KEY: name, "bytes": 1})
+        with pytest.raises(ValueError, match="not a blob name"):
+            b.delete({BLOB_KEY: name, "bytes": 1})
+    assert victim.exists()
+    assert BlobStore(tmp_path, max_inline=None).encode_if_large("x" * 10_000) is None
+
+
+def test_the_descriptor_key_is_reserved_in_payloads() -> None:
+    from pydantic import ValidationError
+
+    from raysched.models import TaskSpec
+
+    with pytest.raises(ValidationError, match="reserved"):
+        TaskSpec.model_validate({"kind": "echo", "payload": {BLOB_KEY: "x.json", "bytes": 1}})
 
 
 def _blob_task(tid: str) -> tuple[str, str, Any, int]:
@@ -98,6 +114,38 @@ def test_stop_while_fetching_and_fetch_failure() -> None:
     gone = rep.final()["gone"]
     assert gone["t"] == "fail" and gone["etype"] == "PayloadUnavailable"
     assert "blob gone.json" in gone["msg"]
+
+
+def test_a_late_fetch_of_an_earlier_attempt_does_not_run() -> None:
+    """Attempt 1 is stopped while its payload is fetched, attempt 2 comes to the same worker
+    (resume point 7); attempt 1's fetch ends first and must not take attempt 2's place."""
+
+    async def main() -> Reports:
+        gates = [asyncio.Event(), asyncio.Event()]
+        calls = 0
+
+        async def fetch(tid: str, desc: dict[str, Any]) -> Any:
+            nonlocal calls
+            gate = gates[calls]
+            calls += 1
+            await gate.wait()
+            return {"attempt": calls}
+
+        rep = Reports()
+        w = WorkerCore("w1", registry_with(), rep, slots=1, fetch=fetch)
+        w.assign_now([_blob_task("a")])
+        assert w.stop_now("a", "cancel")
+        w.assign_now([("a", "echo", {BLOB_KEY: "a.json", "bytes": 9}, 7)])
+        gates[0].set()
+        await asyncio.sleep(0.05)
+        assert [e["t"] for e in rep.events if e["id"] == "a"] == ["stopped"]
+        assert w._fetching["a"].steps_done == 7
+        gates[1].set()
+        await until(lambda: len([e for e in rep.events if e["id"] == "a"]) == 2)
+        return rep
+
+    rep = asyncio.run(main())
+    assert [e["t"] for e in rep.events if e["id"] == "a"] == ["stopped", "done"]
 
 
 def test_without_a_fetch_hook_descriptors_pass_through() -> None:
@@ -157,9 +205,24 @@ def test_scheduler_keeps_large_payloads_and_results_out_of_its_records(tmp_path:
         out = await svc.result(tid, 30)
         assert out["result"] == big  # read back from the worker's blob (no object store here)
         assert svc.blob_counts == {"payloads": 2, "payload_refs": 0, "results_read": 1}
+        # wait() does not read results
+        await svc.wait([tid], 5)
+        assert svc.blob_counts["results_read"] == 1
         small = await svc.submit([{"kind": "echo", "payload": {"x": 1}}])
         assert (await svc.result(small["ids"][0], 30))["result"] == {"x": 1}
-        for _ in range(100):  # the payload blobs go once the task is final (a thread does it)
+        # a child of a failed parent fails at once: its payload blob is garbage from the start
+        bad = await svc.submit([{"kind": "no.such.module:fn", "payload": {}}])
+        await svc.result(bad["ids"][0], 30)
+        child = await svc.submit([{"kind": "echo", "payload": big, "depends_on": bad["ids"]}])
+        assert svc.status(child["ids"][0])["state"] == "failed"
+        assert svc._payload_refs == {}
+        # the payload blobs of final tasks stay until a checkpoint has made the outcome durable
+        assert len(blobs.names()) == 3  # the kept task's payload, its result, the child's payload
+        svc.recorder.commit_sync()  # type: ignore[union-attr]
+        journal = b"".join(p.read_bytes() for p in (Path(root) / "journal").glob("0*"))
+        assert b"x" * 2000 not in journal and BLOB_KEY.encode() in journal
+        await svc._checkpoint()
+        for _ in range(100):
             if len(blobs.names()) == 1:
                 break
             await asyncio.sleep(0.02)
@@ -167,8 +230,12 @@ def test_scheduler_keeps_large_payloads_and_results_out_of_its_records(tmp_path:
         await svc.shutdown()
 
     asyncio.run(main())
-    journal = b"".join(p.read_bytes() for p in (Path(root) / "journal").glob("*"))
-    assert b"x" * 2000 not in journal and BLOB_KEY.encode() in journal
+    import pyarrow.parquet as pq
+
+    parts = sorted((Path(root) / "results").glob("part-*.parquet"))
+    results = [r for f in parts for r in pq.read_table(f, columns=["result"]).column(0).to_pylist()]
+    assert results and all(r is None or len(r) < 200 for r in results), results
+    assert any(r is not None and BLOB_KEY in r for r in results)
 
 
 def test_many_blobs_in_one_go(tmp_path: Path) -> None:

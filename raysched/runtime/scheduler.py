@@ -141,11 +141,19 @@ class SchedulerService:
         self._flush_handle: asyncio.TimerHandle | None = None
         # large payloads and results (raysched.store.blobs): durable files plus object refs
         # always readable when there is a store: blobs written before inline_max_bytes was unset
+        # Payload blobs follow store.sync: fsynced before the acknowledgement under "always",
+        # with the journal's everysec fsync under "everysec", never under "off".
         self.blobs = (
-            BlobStore(store.results.dir, settings.store.inline_max_bytes)
+            BlobStore(
+                store.results.dir,
+                settings.store.inline_max_bytes,
+                deferred_sync=settings.store.sync != "always",
+            )
             if store is not None
             else None
         )
+        if self.blobs is not None and store is not None and settings.store.sync == "everysec":
+            store.journal.sync_hooks.append(self.blobs.sync_pending)
         #: payload blobs of final tasks, deleted once a checkpoint has made their outcome durable
         self._blob_garbage: list[dict[str, Any]] = []
         self._payload_refs: dict[str, Any] = {}

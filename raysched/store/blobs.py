@@ -16,6 +16,7 @@ object-store side is injected where Ray lives (``raysched.runtime.factory``)."""
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from typing import Any
 
@@ -52,9 +53,16 @@ class BlobStore:
         root: str | os.PathLike[str] | StateDir,
         max_inline: int | None,
         filesystem: Any = None,
+        *,
+        deferred_sync: bool = False,
     ) -> None:
         self.dir = root if isinstance(root, StateDir) else StateDir(root, filesystem)
         self.max_inline = max_inline
+        #: True: writes skip their fsyncs and ``sync_pending`` makes them durable later (the
+        #: journal's ``everysec`` syncer calls it, so blobs and journal share one loss window).
+        self.deferred_sync = deferred_sync
+        self._unsynced: list[str] = []
+        self._lock = threading.Lock()
         self._made = False
 
     def encode_if_large(self, value: Any) -> bytes | None:
@@ -81,8 +89,23 @@ class BlobStore:
             named.append(
                 (f"{safe}-{uuid.uuid4().hex}.json" if safe else f"{uuid.uuid4().hex}.json", data)
             )
-        self.dir.write_many_atomic(FOLDER, named)
+        deferred = self.deferred_sync and self.dir.local
+        self.dir.write_many_atomic(FOLDER, named, fsync=not deferred)
+        if deferred:
+            with self._lock:
+                self._unsynced.extend(name for name, _ in named)
         return [{BLOB_KEY: name, "bytes": len(data)} for name, data in named]
+
+    def sync_pending(self) -> None:
+        """fsync what was written with a deferred sync (any thread)."""
+        with self._lock:
+            names, self._unsynced = self._unsynced, []
+        try:
+            self.dir.fsync_files(FOLDER, names)
+        except BaseException:
+            with self._lock:
+                self._unsynced[:0] = names
+            raise
 
     def read(self, desc: dict[str, Any]) -> Any:
         """The value a descriptor stands for (``FileNotFoundError`` if its file is gone)."""

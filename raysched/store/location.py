@@ -80,9 +80,20 @@ class StateDir:
         with self.fs.open_input_stream(self.path(*parts)) as f:
             return bytes(f.read())
 
-    def write_many_atomic(self, folder: str, items: list[tuple[str, bytes]]) -> None:
+    def write_many_atomic(
+        self, folder: str, items: list[tuple[str, bytes]], fsync: bool = True
+    ) -> None:
         """``write_atomic`` for several files at once: on a local disk each file is fsynced and
-        renamed, and the directory is fsynced once for all of them."""
+        renamed, and the directory is fsynced once for all of them. ``fsync=False`` leaves the
+        fsyncs to the caller (``fsync_files``): the files are complete or absent after a process
+        crash, not after a machine crash."""
+        if self.local and not fsync:
+            for name, data in items:
+                tmp = self.path(folder, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
+                with self.fs.open_output_stream(tmp) as out:
+                    out.write(data)
+                self.fs.move(tmp, self.path(folder, name))
+            return
         if not self.local or len(items) < 2:
             for name, data in items:
                 self.write_atomic(folder, name, functools.partial(_write_to, data=data))
@@ -105,6 +116,17 @@ class StateDir:
                 except Exception:
                     pass
             raise
+
+    def fsync_files(self, folder: str, names: list[str]) -> None:
+        """Make files written with ``fsync=False`` durable (local disks; others need nothing)."""
+        if not self.local or not names:
+            return
+        for name in names:
+            try:
+                _fsync_path(self.path(folder, name))
+            except FileNotFoundError:
+                pass  # deleted since
+        _fsync_path(self.path(folder), directory=True)
 
     def write_atomic(self, folder: str, name: str, write: Callable[[Any], None]) -> None:
         """Write ``folder/name`` through ``write(stream)`` under a temporary name, make it durable,

@@ -20,7 +20,7 @@ from raysched.runtime.channel import ChannelClient, ChannelServer
 from raysched.runtime.scheduler import SchedulerService
 from raysched.runtime.worker import WorkerCore
 from raysched.settings import PoolSettings, Settings
-from raysched.store.blobs import BlobStore
+from raysched.store.blobs import RESULT, BlobStore
 from raysched.store.journal import JournalLocked
 from raysched.store.recovery import RecoveredState, recover
 
@@ -86,7 +86,7 @@ class _WorkerActor:
             return
         try:
             descs = await asyncio.to_thread(
-                blobs.write_many, [(data, ev["id"]) for ev, data in large]
+                blobs.write_many, [(data, ev["id"]) for ev, data in large], RESULT
             )
         except Exception as exc:  # no shared state directory here: inline, as before
             if not self._blob_failed:

@@ -31,7 +31,8 @@ from raysched.models import TaskSpec, TaskState
 from raysched.policy.core import Decision, SchedulerCore
 from raysched.policy.task import Task
 from raysched.settings import PoolSettings, Settings
-from raysched.store.blobs import BlobStore, is_blob
+from raysched.store.blobs import BLOB_KEY, BlobStore, is_blob
+from raysched.store.blobs import tag as blob_tag
 from raysched.store.journal import dumps, loads
 from raysched.store.recovery import RecoveredState
 
@@ -139,10 +140,10 @@ class SchedulerService:
         self.checkpoint_tasks = 0  # tasks in the newest checkpoint
         self._store_error: str | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
-        # large payloads and results (raysched.store.blobs): durable files plus object refs
-        # always readable when there is a store: blobs written before inline_max_bytes was unset
+        # Large payloads and results (raysched.store.blobs): durable files plus object refs,
+        # readable whenever there is a store (inline_max_bytes: null only stops new ones).
         # Payload blobs follow store.sync: fsynced before the acknowledgement under "always",
-        # with the journal's everysec fsync under "everysec", never under "off".
+        # with the journal's fsync under "everysec", by the kernel under "off".
         self.blobs = (
             BlobStore(
                 store.results.dir,
@@ -158,7 +159,14 @@ class SchedulerService:
         self._blob_garbage: list[dict[str, Any]] = []
         self._payload_refs: dict[str, Any] = {}
         self._result_refs: OrderedDict[str, Any] = OrderedDict()
-        self.blob_counts = {"payloads": 0, "payload_refs": 0, "results_read": 0}
+        self.blob_counts = {"payloads": 0, "payload_refs": 0, "results_read": 0, "swept": 0}
+        # blobs on disk: orphans are swept after checkpoints (see _sweep_sets)
+        self._blobs_used = self.blobs is not None and bool(self.blobs.names())
+        if self._blobs_used:  # payloads of tasks that were final before the restart
+            for t in self.core.tasks.values():
+                if is_blob(t.payload) and self.core.is_final(t):
+                    self._blob_garbage.append(t.payload)
+                    t.payload = None
 
     # -- start-up -------------------------------------------------------------------------------
     def boot(self) -> None:
@@ -352,12 +360,15 @@ class SchedulerService:
         assert store is not None
         # payload blobs of tasks that were final before this checkpoint: it makes them durable
         garbage, self._blob_garbage = self._blob_garbage, []
+        sweep = self._sweep_sets() if self._blobs_used else None
         try:
             info = await store.checkpoint_async()
             self.checkpoints_taken += 1
             self.checkpoint_tasks = info.tasks
             log.info("checkpoint %s: %d tasks", info.name, info.tasks)
             self._delete_blobs(garbage)
+            if sweep is not None:
+                self._bg_task(self._sweep(*sweep))
         except Exception:
             self._blob_garbage[:0] = garbage
             log.exception("checkpoint failed (the journal still has everything)")
@@ -635,7 +646,10 @@ class SchedulerService:
         self._release_reservation(tid, now)
         self.core.account(t, float(ev.get("service", 0.0)), 0)
         if kind == "done":
-            changed = self.core.finish(t, now, ok=True, result=ev.get("result"))
+            result = ev.get("result")
+            if is_blob(result):
+                self._blobs_used = True
+            changed = self.core.finish(t, now, ok=True, result=result)
         elif kind == "fail":
             changed = self.core.finish(
                 t, now, ok=False, error_type=ev.get("etype"), error=ev.get("msg")
@@ -775,6 +789,7 @@ class SchedulerService:
 
         descs = await asyncio.to_thread(write)
         self.blob_counts["payloads"] += len(descs)
+        self._blobs_used = True
         refs = []
         for t, desc in zip(tasks, descs, strict=True):
             if self.objects is not None:
@@ -796,6 +811,42 @@ class SchedulerService:
                 t.payload = None  # final or refused: nothing reads it again
         if now_:
             self._delete_blobs(now_)
+
+    #: Blob files younger than this are never swept (a submission or a report may be writing them).
+    SWEEP_MIN_AGE_S = 3600.0
+
+    def _sweep_sets(self) -> tuple[set[str], dict[str, str]]:
+        """What ``BlobStore.sweep`` must keep, taken on the loop before a checkpoint: the payload
+        files any task refers to, and the recorded result file of every final task."""
+        payloads: set[str] = set()
+        results: dict[str, str] = {}
+        is_final = self.core.is_final
+        for t in self.core.tasks.values():
+            p = t.payload
+            if is_blob(p):
+                payloads.add(p[BLOB_KEY])
+            if t.state.terminal and is_final(t):
+                r = t.result
+                results[blob_tag(t.id)] = r[BLOB_KEY] if is_blob(r) else ""
+        return payloads, results
+
+    async def _sweep(self, payloads: set[str], results: dict[str, str]) -> None:
+        blobs = self.blobs
+        assert blobs is not None
+        try:
+            n = await asyncio.to_thread(
+                blobs.sweep,
+                payloads,
+                results,
+                min_age_s=self.SWEEP_MIN_AGE_S,
+                now=self.clock(),
+            )
+        except Exception as exc:
+            log.warning("blob sweep failed: %s", exc)
+            return
+        if n:
+            log.info("blob sweep: %d orphaned files deleted", n)
+        self.blob_counts["swept"] = self.blob_counts.get("swept", 0) + n
 
     def _delete_blobs(self, descs: list[dict[str, Any]]) -> None:
         if self.blobs is not None and descs:

@@ -15,16 +15,20 @@ object-store side is injected where Ray lives (``raysched.runtime.factory``)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import threading
 import uuid
 from typing import Any
+
+import pyarrow.fs as pafs
 
 from raysched.models import BLOB_KEY
 from raysched.store.journal import dumps, loads
 from raysched.store.location import StateDir
 
-__all__ = ["BLOB_KEY", "BlobStore", "is_blob"]
+__all__ = ["BLOB_KEY", "PAYLOAD", "RESULT", "BlobStore", "is_blob", "tag"]
 
 # BLOB_KEY, the descriptor's key, is reserved in payloads (models.TaskSpec refuses it); a handler
 # result shaped like a descriptor would be taken for one.
@@ -34,6 +38,19 @@ FOLDER = "blobs"
 def is_blob(value: Any) -> bool:
     """True for a blob descriptor (what stands in for a large value in records)."""
     return type(value) is dict and len(value) == 2 and BLOB_KEY in value and "bytes" in value
+
+
+PAYLOAD, RESULT = "p", "r"
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NAME = re.compile(r"([pr])-(.+)-([0-9a-f]{32})\.json")
+
+
+def tag(task_id: str) -> str:
+    """The task id as it appears in blob names: itself when it is short and plain, else ``=``
+    and a hash (``=`` never occurs in a plain id, so two ids never share a tag in practice)."""
+    if _SAFE_ID.fullmatch(task_id):
+        return task_id
+    return "=" + hashlib.sha256(task_id.encode()).hexdigest()[:32]
 
 
 def _name(desc: dict[str, Any]) -> str:
@@ -72,23 +89,23 @@ class BlobStore:
         data = dumps(value)
         return data if len(data) > self.max_inline else None
 
-    def write(self, data: bytes, tag: str = "") -> dict[str, Any]:
-        """Write ``data`` durably under a new name; returns its descriptor. ``tag`` (a task id)
-        only makes the name easier to read; names never repeat, so a redone task writes a new
-        file and the descriptor the journal recorded first keeps pointing at its own."""
-        return self.write_many([(data, tag)])[0]
+    def write(self, data: bytes, task_id: str, kind: str = PAYLOAD) -> dict[str, Any]:
+        """Write ``data`` durably under a new name; returns its descriptor. The name holds the
+        kind (payload or result) and the task id (``tag``), for ``sweep``; names never repeat,
+        so a redone task writes a new file and the descriptor the journal recorded first keeps
+        pointing at its own."""
+        return self.write_many([(data, task_id)], kind)[0]
 
-    def write_many(self, items: list[tuple[bytes, str]]) -> list[dict[str, Any]]:
+    def write_many(
+        self, items: list[tuple[bytes, str]], kind: str = PAYLOAD
+    ) -> list[dict[str, Any]]:
         """``write`` for several values, with one directory fsync for all of them."""
+        if kind not in (PAYLOAD, RESULT):
+            raise ValueError(f"blob kind must be {PAYLOAD!r} or {RESULT!r}")
         if not self._made:
             self.dir.makedirs(FOLDER)
             self._made = True
-        named = []
-        for data, tag in items:
-            safe = "".join(c for c in tag[:40] if c.isalnum() or c in "-_")
-            named.append(
-                (f"{safe}-{uuid.uuid4().hex}.json" if safe else f"{uuid.uuid4().hex}.json", data)
-            )
+        named = [(f"{kind}-{tag(tid)}-{uuid.uuid4().hex}.json", data) for data, tid in items]
         deferred = self.deferred_sync and self.dir.local
         self.dir.write_many_atomic(FOLDER, named, fsync=not deferred)
         if deferred:
@@ -120,3 +137,33 @@ class BlobStore:
 
     def names(self) -> list[str]:
         return [n for n in self.dir.listdir(FOLDER) if not n.startswith("tmp-")]
+
+    def sweep(
+        self,
+        payloads_in_use: set[str],
+        results: dict[str, str],
+        *,
+        min_age_s: float,
+        now: float,
+    ) -> int:
+        """Delete orphaned blob files older than ``min_age_s``: payload files no task refers to
+        (a crash between the write and the acknowledgement; a final task's payload whose deletion
+        a crash forgot), and result files of final tasks whose recorded result is another file
+        (a stale attempt's). ``results`` maps the tag of every final task the caller knows to the
+        name of its recorded result blob ("" for none); tasks it does not know are left alone.
+        Returns how many files went."""
+        sel = pafs.FileSelector(self.dir.path(FOLDER), allow_not_found=True, recursive=False)
+        gone = 0
+        for info in self.dir.fs.get_file_info(sel):
+            m = _NAME.fullmatch(info.base_name)
+            if m is None or info.mtime is None or now - info.mtime.timestamp() < min_age_s:
+                continue
+            name, kind, t = info.base_name, m.group(1), m.group(2)
+            if kind == PAYLOAD:
+                orphan = name not in payloads_in_use
+            else:
+                orphan = t in results and results[t] != name
+            if orphan:
+                self.dir.delete(FOLDER, name)
+                gone += 1
+        return gone

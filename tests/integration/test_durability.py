@@ -194,13 +194,18 @@ def test_large_payloads_and_results_go_through_the_object_store_and_survive_a_re
     assert "result" not in raw and isinstance(raw["result_ref"], ray.ObjectRef)
     assert orjson.loads(ray.get(raw["result_ref"])) == big
     # the worker fetched the payload from the object store (the scheduler handed it the ref)
-    assert c.stats()["store"]["blobs"] == {"payloads": 1, "payload_refs": 1, "results_read": 1}
+    assert c.stats()["store"]["blobs"] == {
+        "payloads": 1,
+        "payload_refs": 1,
+        "results_read": 1,
+        "swept": 0,
+    }
     # one blob for the result; the payload's blob went at the first checkpoint after the task
     # was final
     deadline = time.monotonic() + 30
     while len(list((root / FOLDER).glob("*.json"))) != 1 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert [p.name.startswith(tid) for p in (root / FOLDER).glob("*.json")] == [True]
+    assert [p.name.startswith(f"r-{tid}-") for p in (root / FOLDER).glob("*.json")] == [True]
     # a long task holds the one slot; a large-payload task waits behind it
     slow = c.submit("simulate", payload={"output_tokens": 40, "decode_s_per_token": 0.05})
     c.stats()

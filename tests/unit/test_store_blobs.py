@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from raysched.runtime.worker import WorkerCore
-from raysched.store.blobs import BLOB_KEY, BlobStore, is_blob
+from raysched.store.blobs import BLOB_KEY, RESULT, BlobStore, is_blob, tag
 from tests.unit.test_worker_channel import Reports, registry_with, until
 
 
@@ -23,16 +23,18 @@ def test_small_values_stay_inline_and_large_ones_round_trip(tmp_path: Path) -> N
     assert data is not None and len(data) > 1000
     desc = b.write(data, "task/../1")
     assert is_blob(desc) and desc["bytes"] == len(data)
-    assert "/" not in desc[BLOB_KEY] and desc[BLOB_KEY].startswith("task1-")
+    # an id that is not plain appears hashed: no path separators, no collisions with plain ids
+    assert "/" not in desc[BLOB_KEY] and desc[BLOB_KEY].startswith("p-=")
+    assert b.write(data, "task-1", RESULT)[BLOB_KEY].startswith("r-task-1-")
     assert b.read(desc) == big
     # a second write of the same task gets its own file: a redone task never overwrites
     desc2 = b.write(data, "task/../1")
     assert desc2[BLOB_KEY] != desc[BLOB_KEY]
-    assert sorted(b.names()) == sorted([desc[BLOB_KEY], desc2[BLOB_KEY]])
+    assert len(b.names()) == 3 and {desc[BLOB_KEY], desc2[BLOB_KEY]} <= set(b.names())
     b.delete(desc)
     with pytest.raises(FileNotFoundError):
         b.read(desc)
-    assert b.names() == [desc2[BLOB_KEY]]
+    assert desc2[BLOB_KEY] in b.names() and desc[BLOB_KEY] not in b.names()
 
 
 def test_descriptor_shape_and_bad_names(tmp_path: Path) -> None:
@@ -160,7 +162,9 @@ def test_without_a_fetch_hook_descriptors_pass_through() -> None:
 
 
 # -- the scheduler's side, in one process (the in-process spawner of the HTTP unit tests) -------
-def test_scheduler_keeps_large_payloads_and_results_out_of_its_records(tmp_path: Path) -> None:
+def _in_process_service(tmp_path: Path) -> tuple[Any, BlobStore, str]:
+    """A SchedulerService on a store in ``tmp_path`` whose in-process workers write result blobs
+    and fetch payloads as the worker actor does; returns a factory, the blobs, the store root."""
     from raysched.handlers import default_registry
     from raysched.runtime.scheduler import SchedulerService
     from raysched.settings import PoolSettings, Settings
@@ -181,7 +185,7 @@ def test_scheduler_keeps_large_payloads_and_results_out_of_its_records(tmp_path:
                 for ev in events:  # what the worker actor does with a large result
                     data = blobs.encode_if_large(ev.get("result"))
                     if ev["t"] == "done" and data is not None:
-                        ev["result"] = blobs.write(data, ev["id"])
+                        ev["result"] = blobs.write(data, ev["id"], RESULT)
                 assert self.svc is not None
                 await self.svc.report(wid, events)
 
@@ -190,11 +194,21 @@ def test_scheduler_keeps_large_payloads_and_results_out_of_its_records(tmp_path:
 
             return _Worker(worker_id, default_registry(), report, slots=2, fetch=fetch)
 
-    async def main() -> None:
+    def make() -> SchedulerService:
         state = recover(root, pools=["default"], settings=settings.policy)
         spawner = Spawner(settings)
         svc = SchedulerService(settings, spawner, store=state)
         spawner.svc = svc
+        return svc
+
+    return make, blobs, root
+
+
+def test_scheduler_keeps_large_payloads_and_results_out_of_its_records(tmp_path: Path) -> None:
+    make, blobs, root = _in_process_service(tmp_path)
+
+    async def main() -> None:
+        svc = make()
         await svc.start()
         big = {"text": "x" * 5000}
         r = await svc.submit([{"kind": "echo", "payload": big, "idempotency_key": "k1"}])
@@ -204,7 +218,7 @@ def test_scheduler_keeps_large_payloads_and_results_out_of_its_records(tmp_path:
         assert again["ids"] == [tid]
         out = await svc.result(tid, 30)
         assert out["result"] == big  # read back from the worker's blob (no object store here)
-        assert svc.blob_counts == {"payloads": 2, "payload_refs": 0, "results_read": 1}
+        assert svc.blob_counts == {"payloads": 2, "payload_refs": 0, "results_read": 1, "swept": 0}
         # wait() does not read results
         await svc.wait([tid], 5)
         assert svc.blob_counts["results_read"] == 1
@@ -226,7 +240,7 @@ def test_scheduler_keeps_large_payloads_and_results_out_of_its_records(tmp_path:
             if len(blobs.names()) == 1:
                 break
             await asyncio.sleep(0.02)
-        assert [n.startswith(tid) for n in blobs.names()] == [True]  # the result's blob
+        assert [n.startswith(f"r-{tid}-") for n in blobs.names()] == [True]  # the result's blob
         await svc.shutdown()
 
     asyncio.run(main())
@@ -271,3 +285,68 @@ def test_deferred_sync_rides_the_journal(tmp_path: Path) -> None:
     strict = BlobStore(tmp_path, max_inline=256)
     strict.write_many([(b'{"d":4}', "t4")])
     assert strict._unsynced == []  # fsynced at once
+
+
+def test_sweep_deletes_only_old_orphans(tmp_path: Path) -> None:
+    """Orphans: a payload no task refers to, a stale attempt's result. Kept: what is referred
+    to, results of tasks the caller does not know, anything younger than the minimum age, and
+    files that are not blobs."""
+    import os
+    import time
+
+    b = BlobStore(tmp_path, max_inline=256)
+    used, orphan_p = b.write_many([(b"1", "t1"), (b"2", "gone")])
+    recorded, stale = b.write_many([(b"3", "t1"), (b"4", "t1")], RESULT)
+    unknown = b.write(b"5", "not-in-memory", RESULT)
+    young = b.write(b"6", "fresh")
+    (tmp_path / "blobs" / "notes.txt").write_text("not a blob")
+    old = time.time() - 7200
+    for d in (used, orphan_p, recorded, stale, unknown):
+        os.utime(tmp_path / "blobs" / d[BLOB_KEY], (old, old))
+    n = b.sweep(
+        {used[BLOB_KEY]},
+        {tag("t1"): recorded[BLOB_KEY]},
+        min_age_s=3600,
+        now=time.time(),
+    )
+    left = set(os.listdir(tmp_path / "blobs"))
+    assert n == 2
+    assert orphan_p[BLOB_KEY] not in left and stale[BLOB_KEY] not in left
+    want = {used[BLOB_KEY], recorded[BLOB_KEY], unknown[BLOB_KEY], young[BLOB_KEY], "notes.txt"}
+    assert want <= left
+    assert tag("a.b") != tag("ab") and tag("ab") == "ab" and tag("x" * 100).startswith("=")
+
+
+def test_payload_blobs_of_tasks_final_before_a_crash_go_after_the_restart(tmp_path: Path) -> None:
+    make, blobs, _ = _in_process_service(tmp_path)
+    big = {"text": "y" * 5000}
+
+    async def before_crash() -> str:
+        svc = make()
+        await svc.start()
+        tid = (await svc.submit([{"kind": "echo", "payload": big}]))["ids"][0]
+        assert (await svc.result(tid, 30))["result"] == big
+        assert svc._blob_garbage  # deleted at the next checkpoint, which never comes:
+        assert svc.store is not None
+        svc.recorder.commit_sync()  # type: ignore[union-attr]
+        svc.store.journal.close()  # the process dies here (no shutdown, no checkpoint)
+        for w in list(svc.workers.values()):
+            await w.handle.shutdown()
+        return str(tid)
+
+    async def after_restart(tid: str) -> None:
+        svc = make()
+        assert [d[BLOB_KEY].startswith("p-") for d in svc._blob_garbage] == [True]
+        await svc.start()
+        assert (await svc.result(tid, 30))["result"] == big
+        await svc._checkpoint()
+        for _ in range(100):
+            if all(n.startswith("r-") for n in blobs.names()):
+                break
+            await asyncio.sleep(0.02)
+        assert [n.startswith(f"r-{tid}-") for n in blobs.names()] == [True]
+        await svc.shutdown()
+
+    tid = asyncio.run(before_crash())
+    assert any(n.startswith("p-") for n in blobs.names())
+    asyncio.run(after_restart(tid))

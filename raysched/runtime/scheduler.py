@@ -31,7 +31,7 @@ from raysched.models import TaskSpec, TaskState
 from raysched.policy.core import Decision, SchedulerCore
 from raysched.policy.task import Task
 from raysched.settings import PoolSettings, Settings
-from raysched.store.blobs import BLOB_KEY, BlobStore, is_blob
+from raysched.store.blobs import BLOB_KEY, PAYLOAD, BlobStore, is_blob, plain
 from raysched.store.blobs import tag as blob_tag
 from raysched.store.journal import dumps, loads
 from raysched.store.recovery import RecoveredState
@@ -148,7 +148,7 @@ class SchedulerService:
             BlobStore(
                 store.results.dir,
                 settings.store.inline_max_bytes,
-                deferred_sync=settings.store.sync != "always",
+                sync=settings.store.sync,
             )
             if store is not None
             else None
@@ -160,8 +160,9 @@ class SchedulerService:
         self._payload_refs: dict[str, Any] = {}
         self._result_refs: OrderedDict[str, Any] = OrderedDict()
         self.blob_counts = {"payloads": 0, "payload_refs": 0, "results_read": 0, "swept": 0}
-        # blobs on disk: orphans are swept after checkpoints (see _sweep_sets)
-        self._blobs_used = self.blobs is not None and bool(self.blobs.names())
+        # blobs on disk: orphans are swept after checkpoints, at most once per SWEEP_MIN_AGE_S
+        self._blobs_used = self.blobs is not None and self.blobs.exists()
+        self._next_sweep = 0.0
         if self._blobs_used:  # payloads of tasks that were final before the restart
             for t in self.core.tasks.values():
                 if is_blob(t.payload) and self.core.is_final(t):
@@ -360,15 +361,15 @@ class SchedulerService:
         assert store is not None
         # payload blobs of tasks that were final before this checkpoint: it makes them durable
         garbage, self._blob_garbage = self._blob_garbage, []
-        sweep = self._sweep_sets() if self._blobs_used else None
         try:
             info = await store.checkpoint_async()
             self.checkpoints_taken += 1
             self.checkpoint_tasks = info.tasks
             log.info("checkpoint %s: %d tasks", info.name, info.tasks)
             self._delete_blobs(garbage)
-            if sweep is not None:
-                self._bg_task(self._sweep(*sweep))
+            if self._blobs_used and self.clock() >= self._next_sweep:
+                self._next_sweep = self.clock() + self.SWEEP_MIN_AGE_S
+                self._bg_task(self._sweep())
         except Exception:
             self._blob_garbage[:0] = garbage
             log.exception("checkpoint failed (the journal still has everything)")
@@ -815,38 +816,47 @@ class SchedulerService:
     #: Blob files younger than this are never swept (a submission or a report may be writing them).
     SWEEP_MIN_AGE_S = 3600.0
 
-    def _sweep_sets(self) -> tuple[set[str], dict[str, str]]:
-        """What ``BlobStore.sweep`` must keep, taken on the loop before a checkpoint: the payload
-        files any task refers to, and the recorded result file of every final task."""
-        payloads: set[str] = set()
-        results: dict[str, str] = {}
-        is_final = self.core.is_final
-        for t in self.core.tasks.values():
-            p = t.payload
-            if is_blob(p):
-                payloads.add(p[BLOB_KEY])
-            if t.state.terminal and is_final(t):
+    def _orphans(self, candidates: list[tuple[str, str, str]]) -> list[str]:
+        """Which of the old blob files (name, kind, tag) nothing needs, decided on the loop: a
+        payload file that is not the payload of the task it names (never acknowledged, or final
+        and already durable) and not waiting in the garbage list; a result file of a final task
+        whose recorded result is another file (a stale attempt's). Result files of tasks not held
+        here are kept, and none are swept with ``restore_finished: false`` (the results files
+        may name them)."""
+        tasks, is_final = self.core.tasks, self.core.is_final
+        by_tag: dict[str, Task] | None = None
+        pending = {d[BLOB_KEY] for d in self._blob_garbage}
+        keep_results = not self.settings.store.restore_finished
+        out = []
+        for name, kind, tg in candidates:
+            if tg.startswith("="):  # a hashed id: map tags back, once per sweep
+                if by_tag is None:
+                    by_tag = {blob_tag(i): t for i, t in tasks.items() if not plain(i)}
+                t = by_tag.get(tg)
+            else:
+                t = tasks.get(tg)
+            if kind == PAYLOAD:
+                used = t is not None and is_blob(t.payload) and t.payload[BLOB_KEY] == name
+                if not used and name not in pending:
+                    out.append(name)
+            elif not keep_results and t is not None and is_final(t):
                 r = t.result
-                results[blob_tag(t.id)] = r[BLOB_KEY] if is_blob(r) else ""
-        return payloads, results
+                if not (is_blob(r) and r[BLOB_KEY] == name):
+                    out.append(name)
+        return out
 
-    async def _sweep(self, payloads: set[str], results: dict[str, str]) -> None:
+    async def _sweep(self) -> None:
         blobs = self.blobs
         assert blobs is not None
         try:
-            n = await asyncio.to_thread(
-                blobs.sweep,
-                payloads,
-                results,
-                min_age_s=self.SWEEP_MIN_AGE_S,
-                now=self.clock(),
-            )
+            old = await asyncio.to_thread(blobs.old_files, self.SWEEP_MIN_AGE_S, self.clock())
+            n = await asyncio.to_thread(blobs.delete_names, self._orphans(old))
         except Exception as exc:
             log.warning("blob sweep failed: %s", exc)
             return
         if n:
             log.info("blob sweep: %d orphaned files deleted", n)
-        self.blob_counts["swept"] = self.blob_counts.get("swept", 0) + n
+        self.blob_counts["swept"] += n
 
     def _delete_blobs(self, descs: list[dict[str, Any]]) -> None:
         if self.blobs is not None and descs:

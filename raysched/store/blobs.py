@@ -28,7 +28,7 @@ from raysched.models import BLOB_KEY
 from raysched.store.journal import dumps, loads
 from raysched.store.location import StateDir
 
-__all__ = ["BLOB_KEY", "PAYLOAD", "RESULT", "BlobStore", "is_blob", "tag"]
+__all__ = ["BLOB_KEY", "PAYLOAD", "RESULT", "BlobStore", "is_blob", "plain", "tag"]
 
 # BLOB_KEY, the descriptor's key, is reserved in payloads (models.TaskSpec refuses it); a handler
 # result shaped like a descriptor would be taken for one.
@@ -42,13 +42,20 @@ def is_blob(value: Any) -> bool:
 
 PAYLOAD, RESULT = "p", "r"
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_NAME = re.compile(r"([pr])-(.+)-([0-9a-f]{32})\.json")
+# "." never occurs in a tag, nor in the names of the first blob version ("<id>-<hex>.json"), so
+# the sweep cannot mistake those for its own
+_NAME = re.compile(r"([pr])\.([A-Za-z0-9_=-]+)\.([0-9a-f]{32})\.json")
+
+
+def plain(task_id: str) -> bool:
+    """Whether ``task_id`` is its own tag."""
+    return _SAFE_ID.fullmatch(task_id) is not None
 
 
 def tag(task_id: str) -> str:
     """The task id as it appears in blob names: itself when it is short and plain, else ``=``
     and a hash (``=`` never occurs in a plain id, so two ids never share a tag in practice)."""
-    if _SAFE_ID.fullmatch(task_id):
+    if plain(task_id):
         return task_id
     return "=" + hashlib.sha256(task_id.encode()).hexdigest()[:32]
 
@@ -71,13 +78,14 @@ class BlobStore:
         max_inline: int | None,
         filesystem: Any = None,
         *,
-        deferred_sync: bool = False,
+        sync: str = "always",
     ) -> None:
         self.dir = root if isinstance(root, StateDir) else StateDir(root, filesystem)
         self.max_inline = max_inline
-        #: True: writes skip their fsyncs and ``sync_pending`` makes them durable later (the
-        #: journal's ``everysec`` syncer calls it, so blobs and journal share one loss window).
-        self.deferred_sync = deferred_sync
+        #: ``always``: every write is fsynced; ``everysec``: writes skip their fsyncs and
+        #: ``sync_pending`` (the journal's syncer calls it) makes them durable about once a second;
+        #: ``off``: the kernel writes them back.
+        self.sync = sync
         self._unsynced: list[str] = []
         self._lock = threading.Lock()
         self._made = False
@@ -105,10 +113,9 @@ class BlobStore:
         if not self._made:
             self.dir.makedirs(FOLDER)
             self._made = True
-        named = [(f"{kind}-{tag(tid)}-{uuid.uuid4().hex}.json", data) for data, tid in items]
-        deferred = self.deferred_sync and self.dir.local
-        self.dir.write_many_atomic(FOLDER, named, fsync=not deferred)
-        if deferred:
+        named = [(f"{kind}.{tag(tid)}.{uuid.uuid4().hex}.json", data) for data, tid in items]
+        self.dir.write_many_atomic(FOLDER, named, fsync=self.sync == "always")
+        if self.sync == "everysec" and self.dir.local:
             with self._lock:
                 self._unsynced.extend(name for name, _ in named)
         return [{BLOB_KEY: name, "bytes": len(data)} for name, data in named]
@@ -138,32 +145,25 @@ class BlobStore:
     def names(self) -> list[str]:
         return [n for n in self.dir.listdir(FOLDER) if not n.startswith("tmp-")]
 
-    def sweep(
-        self,
-        payloads_in_use: set[str],
-        results: dict[str, str],
-        *,
-        min_age_s: float,
-        now: float,
-    ) -> int:
-        """Delete orphaned blob files older than ``min_age_s``: payload files no task refers to
-        (a crash between the write and the acknowledgement; a final task's payload whose deletion
-        a crash forgot), and result files of final tasks whose recorded result is another file
-        (a stale attempt's). ``results`` maps the tag of every final task the caller knows to the
-        name of its recorded result blob ("" for none); tasks it does not know are left alone.
-        Returns how many files went."""
+    def exists(self) -> bool:
+        """Whether any blob was ever written here (one stat, no listing)."""
+        info = self.dir.fs.get_file_info(self.dir.path(FOLDER))
+        return bool(info.type == pafs.FileType.Directory)
+
+    def old_files(self, min_age_s: float, now: float) -> list[tuple[str, str, str]]:
+        """``(name, kind, tag)`` of the blob files older than ``min_age_s`` (the candidates of an
+        orphan sweep; files this module did not name are never listed)."""
         sel = pafs.FileSelector(self.dir.path(FOLDER), allow_not_found=True, recursive=False)
-        gone = 0
+        out = []
         for info in self.dir.fs.get_file_info(sel):
             m = _NAME.fullmatch(info.base_name)
-            if m is None or info.mtime is None or now - info.mtime.timestamp() < min_age_s:
-                continue
-            name, kind, t = info.base_name, m.group(1), m.group(2)
-            if kind == PAYLOAD:
-                orphan = name not in payloads_in_use
-            else:
-                orphan = t in results and results[t] != name
-            if orphan:
-                self.dir.delete(FOLDER, name)
-                gone += 1
-        return gone
+            mtime = info.mtime
+            if m is not None and mtime is not None and now - mtime.timestamp() >= min_age_s:
+                out.append((info.base_name, m.group(1), m.group(2)))
+        return out
+
+    def delete_names(self, names: list[str]) -> int:
+        """Delete blob files by name (those already gone count too)."""
+        for name in names:
+            self.dir.delete(FOLDER, _name({BLOB_KEY: name}))
+        return len(names)

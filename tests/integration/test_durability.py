@@ -205,7 +205,7 @@ def test_large_payloads_and_results_go_through_the_object_store_and_survive_a_re
     deadline = time.monotonic() + 30
     while len(list((root / FOLDER).glob("*.json"))) != 1 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert [p.name.startswith(f"r-{tid}-") for p in (root / FOLDER).glob("*.json")] == [True]
+    assert [p.name.startswith(f"r.{tid}.") for p in (root / FOLDER).glob("*.json")] == [True]
     # a long task holds the one slot; a large-payload task waits behind it
     slow = c.submit("simulate", payload={"output_tokens": 40, "decode_s_per_token": 0.05})
     c.stats()

@@ -24,8 +24,8 @@ def test_small_values_stay_inline_and_large_ones_round_trip(tmp_path: Path) -> N
     desc = b.write(data, "task/../1")
     assert is_blob(desc) and desc["bytes"] == len(data)
     # an id that is not plain appears hashed: no path separators, no collisions with plain ids
-    assert "/" not in desc[BLOB_KEY] and desc[BLOB_KEY].startswith("p-=")
-    assert b.write(data, "task-1", RESULT)[BLOB_KEY].startswith("r-task-1-")
+    assert "/" not in desc[BLOB_KEY] and desc[BLOB_KEY].startswith("p.=")
+    assert b.write(data, "task-1", RESULT)[BLOB_KEY].startswith("r.task-1.")
     assert b.read(desc) == big
     # a second write of the same task gets its own file: a redone task never overwrites
     desc2 = b.write(data, "task/../1")
@@ -240,7 +240,7 @@ def test_scheduler_keeps_large_payloads_and_results_out_of_its_records(tmp_path:
             if len(blobs.names()) == 1:
                 break
             await asyncio.sleep(0.02)
-        assert [n.startswith(f"r-{tid}-") for n in blobs.names()] == [True]  # the result's blob
+        assert [n.startswith(f"r.{tid}.") for n in blobs.names()] == [True]  # the result's blob
         await svc.shutdown()
 
     asyncio.run(main())
@@ -268,7 +268,7 @@ def test_deferred_sync_rides_the_journal(tmp_path: Path) -> None:
 
     from raysched.store.journal import Journal
 
-    b = BlobStore(tmp_path, max_inline=256, deferred_sync=True)
+    b = BlobStore(tmp_path, max_inline=256, sync="everysec")
     j = Journal(tmp_path / "journal", sync="everysec", sync_interval_s=0.05)
     j.sync_hooks.append(b.sync_pending)
     descs = b.write_many([(b'{"a":1}', "t1"), (b'{"b":2}', "t2")])
@@ -282,38 +282,33 @@ def test_deferred_sync_rides_the_journal(tmp_path: Path) -> None:
     b.write_many([(b'{"c":3}', "t3")])
     j.close()  # close runs the hooks too
     assert b._unsynced == []
-    strict = BlobStore(tmp_path, max_inline=256)
-    strict.write_many([(b'{"d":4}', "t4")])
-    assert strict._unsynced == []  # fsynced at once
+    for policy in ("always", "off"):  # fsynced at once / left to the kernel: nothing tracked
+        other = BlobStore(tmp_path, max_inline=256, sync=policy)
+        other.write_many([(b'{"d":4}', "t4")])
+        assert other._unsynced == []
 
 
-def test_sweep_deletes_only_old_orphans(tmp_path: Path) -> None:
-    """Orphans: a payload no task refers to, a stale attempt's result. Kept: what is referred
-    to, results of tasks the caller does not know, anything younger than the minimum age, and
-    files that are not blobs."""
+def test_old_files_lists_only_old_blob_names(tmp_path: Path) -> None:
     import os
     import time
 
     b = BlobStore(tmp_path, max_inline=256)
-    used, orphan_p = b.write_many([(b"1", "t1"), (b"2", "gone")])
-    recorded, stale = b.write_many([(b"3", "t1"), (b"4", "t1")], RESULT)
-    unknown = b.write(b"5", "not-in-memory", RESULT)
-    young = b.write(b"6", "fresh")
-    (tmp_path / "blobs" / "notes.txt").write_text("not a blob")
-    old = time.time() - 7200
-    for d in (used, orphan_p, recorded, stale, unknown):
-        os.utime(tmp_path / "blobs" / d[BLOB_KEY], (old, old))
-    n = b.sweep(
-        {used[BLOB_KEY]},
-        {tag("t1"): recorded[BLOB_KEY]},
-        min_age_s=3600,
-        now=time.time(),
-    )
-    left = set(os.listdir(tmp_path / "blobs"))
-    assert n == 2
-    assert orphan_p[BLOB_KEY] not in left and stale[BLOB_KEY] not in left
-    want = {used[BLOB_KEY], recorded[BLOB_KEY], unknown[BLOB_KEY], young[BLOB_KEY], "notes.txt"}
-    assert want <= left
+    assert not b.exists()
+    old_p = b.write(b"1", "t1")
+    old_r = b.write(b"2", "t1", RESULT)
+    young = b.write(b"3", "t2")
+    folder = tmp_path / "blobs"
+    (folder / "notes.txt").write_text("not a blob")
+    # the first version's names ("<id>-<hex>.json"), even for ids like "p-7": never candidates
+    first = f"p-7-{'a' * 32}.json"
+    (folder / first).write_text("{}")
+    then = time.time() - 7200
+    for n in (old_p[BLOB_KEY], old_r[BLOB_KEY], "notes.txt", first):
+        os.utime(folder / n, (then, then))
+    got = sorted(b.old_files(3600, time.time()))
+    assert got == sorted([(old_p[BLOB_KEY], "p", "t1"), (old_r[BLOB_KEY], "r", "t1")])
+    assert b.exists() and young[BLOB_KEY] not in {g[0] for g in got}
+    assert b.delete_names([old_p[BLOB_KEY]]) == 1 and not (folder / old_p[BLOB_KEY]).exists()
     assert tag("a.b") != tag("ab") and tag("ab") == "ab" and tag("x" * 100).startswith("=")
 
 
@@ -336,17 +331,66 @@ def test_payload_blobs_of_tasks_final_before_a_crash_go_after_the_restart(tmp_pa
 
     async def after_restart(tid: str) -> None:
         svc = make()
-        assert [d[BLOB_KEY].startswith("p-") for d in svc._blob_garbage] == [True]
+        assert [d[BLOB_KEY].startswith("p.") for d in svc._blob_garbage] == [True]
         await svc.start()
         assert (await svc.result(tid, 30))["result"] == big
         await svc._checkpoint()
         for _ in range(100):
-            if all(n.startswith("r-") for n in blobs.names()):
+            if all(n.startswith("r.") for n in blobs.names()):
                 break
             await asyncio.sleep(0.02)
-        assert [n.startswith(f"r-{tid}-") for n in blobs.names()] == [True]
+        assert [n.startswith(f"r.{tid}.") for n in blobs.names()] == [True]
         await svc.shutdown()
 
     tid = asyncio.run(before_crash())
-    assert any(n.startswith("p-") for n in blobs.names())
+    assert any(n.startswith("p.") for n in blobs.names())
     asyncio.run(after_restart(tid))
+
+
+def test_orphans_are_what_no_task_needs(tmp_path: Path) -> None:
+    """The scheduler's decision over old blob files: kept when a task's payload or its recorded
+    result names them or when they wait in the garbage list; swept otherwise; result files of
+    unknown tasks are kept."""
+    make, _, _ = _in_process_service(tmp_path)
+
+    async def main() -> None:
+        svc = make()
+        await svc.start()
+        big = {"text": "z" * 5000}
+        done = (await svc.submit([{"id": "odd.id/1", "kind": "echo", "payload": big}]))["ids"][0]
+        assert (await svc.result(done, 30))["result"] == big
+        t_done = svc.core.tasks[done]
+        assert is_blob(t_done.result)
+        garbage = [d[BLOB_KEY] for d in svc._blob_garbage]  # final, not yet durable
+        cands = [
+            (garbage[0], "p", tag(done)),  # waiting for a checkpoint: kept
+            (f"p.never-acked.{'b' * 32}.json", "p", "never-acked"),  # swept
+            (t_done.result[BLOB_KEY], "r", tag(done)),  # the recorded result: kept
+            (f"r.{tag(done)}.{'c' * 32}.json", "r", tag(done)),  # stale attempt: swept
+            (f"r.elsewhere.{'d' * 32}.json", "r", "elsewhere"),  # unknown task: kept
+        ]
+        assert svc._orphans(cands) == [cands[1][0], cands[3][0]]
+        svc.settings.store.restore_finished = False  # results files may name any result file
+        assert svc._orphans(cands) == [cands[1][0]]
+        await svc.shutdown()
+
+    asyncio.run(main())
+
+
+def test_orphans_keep_a_queued_tasks_payload(tmp_path: Path) -> None:
+    make, _, _ = _in_process_service(tmp_path)
+
+    async def main() -> None:
+        svc = make()
+        # not started: no workers, so the task stays queued with its payload in a blob
+        r = await svc.submit([{"kind": "echo", "payload": {"text": "q" * 5000}}])
+        t = svc.core.tasks[r["ids"][0]]
+        assert is_blob(t.payload) and t.state.value == "queued"
+        name = t.payload[BLOB_KEY]
+        assert svc._orphans([(name, "p", tag(t.id))]) == []
+        other = f"p.{tag(t.id)}.{'e' * 32}.json"  # same task, not its payload file
+        assert svc._orphans([(other, "p", tag(t.id))]) == [other]
+        assert svc.store is not None
+        svc.store.close()
+
+    asyncio.run(main())

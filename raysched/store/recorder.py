@@ -14,6 +14,7 @@ reports and ticks)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -130,7 +131,16 @@ class Recorder:
 
     def flush(self) -> Future[None]:
         """Drain into the journal without waiting (the future resolves when written)."""
-        return self.journal.append_nowait(self.drain())
+        # The records are acyclic dicts that live only until they are encoded, but thousands of
+        # them at once make the cyclic collector run, full passes over every task included
+        # (about half of the drain's time). Paused here, it finds them freed again afterwards.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self.journal.append_nowait(self.drain())
+        finally:
+            if paused:
+                gc.enable()
 
     async def commit(self) -> None:
         """Wait until every change made so far is written per the sync policy: call before

@@ -580,3 +580,21 @@ def test_boost_loan_survives_recovery(tmp_path: Path, checkpoint: bool) -> None:
     assert again.boosted_from == 5 and again.level == 0
     assert st2.core.queues[POOL].next_level(again, 0) == 5
     st2.close()
+
+
+def test_flush_leaves_the_garbage_collector_as_it_found_it(tmp_path: Path) -> None:
+    """``Recorder.flush`` pauses the cyclic collector while it builds and encodes records."""
+    import gc
+
+    st = open_state(tmp_path, "priority")
+    was = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            gc.enable() if enabled else gc.disable()
+            st.core.submit(mk(f"g{enabled}"), 2.0)
+            st.recorder.flush().result(timeout=10)
+            assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
+    crash(st)
+    assert len(open_state(tmp_path, "priority").core.tasks) == 2

@@ -212,7 +212,7 @@ class StoreSettings(BaseModel):
     #: Payloads and results whose JSON is longer than this many bytes live in Ray's object store,
     #: with a durable copy under ``<store root>/blobs``; records hold a small descriptor instead
     #: (``raysched.store.blobs``). Workers must reach the state directory for large results (else
-    #: they send them inline). None keeps every value inline.
+    #: they send them inline). None writes no new blobs (those already written stay readable).
     inline_max_bytes: int | None = Field(default=64 * 1024, ge=256)
 
 

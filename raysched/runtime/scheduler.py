@@ -679,7 +679,7 @@ class SchedulerService:
         ev = self._changed.pop(t.id, None)
         if ev is not None:
             ev.set()
-        if self.blobs is not None and is_blob(t.payload) and self.core.is_final(t):
+        if self._blobs_used and is_blob(t.payload) and self.core.is_final(t):
             self._drop_payloads([t])
 
     # -- client API -----------------------------------------------------------------------------

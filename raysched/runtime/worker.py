@@ -211,14 +211,16 @@ class WorkerCore:
             run.stop_kind = kind
             run.stopped = True
             return True
-        waiting = self._fetching.pop(tid, None)
-        for a in self._inbox if waiting is None else (waiting,):
-            if a.id == tid:  # assigned but not started: it leaves without running
-                if waiting is None:
-                    self._inbox.remove(a)
-                h = self.registry.stepwise(a.kind)
-                self._emit({"t": "paused" if kind == "pause" and h else "stopped", "id": tid})
-                return True
+        # assigned but not started (waiting for its payload, or in the inbox): it leaves
+        a = self._fetching.pop(tid, None)
+        if a is None:
+            a = next((x for x in self._inbox if x.id == tid), None)
+            if a is not None:
+                self._inbox.remove(a)
+        if a is not None:
+            h = self.registry.stepwise(a.kind)
+            self._emit({"t": "paused" if kind == "pause" and h else "stopped", "id": tid})
+            return True
         paused = self._paused.pop(tid, None)
         if paused is not None and paused.gen is not None:
             paused.gen.close()

@@ -7,7 +7,6 @@ and the move is a server-side copy, so a reader sees the whole object or none of
 
 from __future__ import annotations
 
-import functools
 import os
 import uuid
 from collections.abc import Callable
@@ -18,10 +17,6 @@ import pyarrow.fs as pafs
 __all__ = ["StateDir"]
 
 TMP_PREFIX = "tmp-"
-
-
-def _write_to(out: Any, data: bytes) -> None:
-    out.write(data)
 
 
 def _fsync_path(path: str, directory: bool = False) -> None:
@@ -87,17 +82,7 @@ class StateDir:
         renamed, and the directory is fsynced once for all of them. ``fsync=False`` leaves the
         fsyncs to the caller (``fsync_files``): the files are complete or absent after a process
         crash, not after a machine crash."""
-        if self.local and not fsync:
-            for name, data in items:
-                tmp = self.path(folder, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
-                with self.fs.open_output_stream(tmp) as out:
-                    out.write(data)
-                self.fs.move(tmp, self.path(folder, name))
-            return
-        if not self.local or len(items) < 2:
-            for name, data in items:
-                self.write_atomic(folder, name, functools.partial(_write_to, data=data))
-            return
+        sync = fsync and self.local
         tmps: list[str] = []
         try:
             for name, data in items:
@@ -105,10 +90,12 @@ class StateDir:
                 tmps.append(tmp)
                 with self.fs.open_output_stream(tmp) as out:
                     out.write(data)
-                _fsync_path(tmp)
+                if sync:
+                    _fsync_path(tmp)
             for tmp, (name, _) in zip(tmps, items, strict=True):
                 self.fs.move(tmp, self.path(folder, name))
-            _fsync_path(self.path(folder), directory=True)
+            if sync:
+                _fsync_path(self.path(folder), directory=True)
         except BaseException:
             for tmp in tmps:
                 try:

@@ -24,6 +24,7 @@ class Task:
         "id",
         "kind",
         "level",
+        "payload",
         "pool",
         "priority",
         "prompt_tokens",
@@ -43,7 +44,6 @@ class Task:
     depends_on: tuple[str, ...] = ()
     timeout_s: float | None = None
     max_retries: int = 0
-    payload: Any = None
     idempotency_key: str | None = None
     preemptible: bool = True
     first_start: float | None = None
@@ -97,6 +97,9 @@ class Task:
         self.steps = 0
         self.started_at = 0.0
         self.enqueued_at = arrival
+        # A slot although often small: the journal's state rows write ``__dict__`` as it is,
+        # and must not repeat the payload there (``store.records``).
+        self.payload: Any = None
         # The queue entry that holds the task; None when no queue does (lazy removal key).
         self.qkey: Any = None
 

@@ -106,7 +106,7 @@ TASK_SCHEMA = pa.schema([*_COLUMNS, ("retrying", pa.bool_())])
 _MUTABLE = tuple(name for name, _ in STATE_FIELDS)
 _INIT = [n for n, _ in _COLUMNS[:11]]
 #: The columns ``tasks_from_table`` copies straight into slots, in its loop's order. Together with
-#: ``qkey`` they are every slot of ``Task`` (a unit test checks that).
+#: ``qkey`` and ``payload`` (set below) they are every slot of ``Task`` (a unit test checks that).
 _BUILD = (*_INIT, "state", "enqueued_at", *SLOT_STATE_FIELDS)
 #: Fields stored in an instance ``__dict__`` only when they differ from the class default: only
 #: the rows that differ are copied.
@@ -126,7 +126,7 @@ _SPARSE: tuple[tuple[str, Any], ...] = (
     ("max_retries", 0),
     ("preemptible", True),
 )
-BUILT_SLOTS = frozenset((*_BUILD, "qkey"))
+BUILT_SLOTS = frozenset((*_BUILD, "qkey", "payload"))
 _STATES = {s.value: s for s in TaskState}
 
 
@@ -220,6 +220,7 @@ def tasks_from_table(table: pa.Table) -> tuple[list[Task], set[str]]:
         t.steps = sp
         t.started_at = sa
         t.qkey = None
+        t.payload = None
         append(t)
     for name, default in _SPARSE:
         idx, vals = sparse_items(table.column(name), default)

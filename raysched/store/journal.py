@@ -132,7 +132,8 @@ def encode_record(record: Mapping[str, Any]) -> bytes:
 
 @dataclass
 class JournalStats:
-    """What the writer did: frames written (one ``write`` each), fsyncs, records and bytes."""
+    """What the writer did: frames written (one ``write`` each), fsyncs, records (task changes:
+    a record with ``n`` counts as ``n``) and bytes."""
 
     writes: int = 0
     syncs: int = 0
@@ -168,6 +169,12 @@ class _Tick:
 @dataclass
 class _Rotate:
     segment: int
+
+
+def _count(batch: list[Any]) -> int:
+    """Task changes in a batch of records: a record that holds several (the recorder's ``rows``
+    record) says how many in ``n``."""
+    return sum(r.get("n", 1) if isinstance(r, dict) else 1 for r in batch)
 
 
 def _fsync_dir(path: Path, fsync: Callable[[int], None]) -> None:
@@ -271,10 +278,11 @@ class Journal:
         batch = records if isinstance(records, list) else list(records)
         if not batch:
             return b"[]", 0
+        n = _count(batch)
         try:
-            return orjson.dumps(batch, default=_default, option=_OPTS), len(batch)
+            return orjson.dumps(batch, default=_default, option=_OPTS), n
         except (TypeError, ValueError, RecursionError):  # one odd record: fix it alone
-            return b"[" + b",".join(encode_record(r) for r in batch) + b"]", len(batch)
+            return b"[" + b",".join(encode_record(r) for r in batch) + b"]", n
 
     def _lock(self) -> None:  # holds self._cond
         """One writer per directory: an exclusive ``flock`` on ``LOCK``, taken at the first
@@ -594,7 +602,7 @@ class Journal:
                     break
                 pos += _HEADER.size + length
                 st.frames += 1
-                st.records += len(batch)
+                st.records += _count(batch)
                 st.bytes += _HEADER.size + length
                 yield batch
         if problem:

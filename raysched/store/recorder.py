@@ -5,16 +5,15 @@ It is a lifecycle watcher (``Lifecycle.watchers``: cheaper than an audit hook, n
 built). Every transition (submission, start, preemption, retry, finish, cancel, a child failed by
 its parent, a retry released by ``tick``) marks the task dirty; changes that are not transitions
 (service and steps reported by a running task, a level demotion) are marked with ``touch``.
-``drain`` builds one record per dirty task from its *current* state (several changes between two
-drains cost one record) and hands the outcomes of tasks that just ended to the results store's
-buffer. ``commit`` waits until the journal has everything changed so far (await it before
-acknowledging a submission or a cancel); ``flush`` drains without waiting (after dispatch, worker
-reports and ticks)."""
+``drain`` builds one row per dirty task from its *current* state (several changes between two
+drains cost one row; the rows of a drain make one ``rows`` record, see ``records``) and hands
+the outcomes of tasks that just ended to the results store's buffer. ``commit`` waits until
+the journal has everything changed so far (await it before acknowledging a submission or a
+cancel); ``flush`` drains without waiting (after dispatch, worker reports and ticks)."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -23,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from raysched.models import TaskState
 from raysched.policy.task import Task
 from raysched.store.journal import Journal, settle_future
-from raysched.store.records import progress_record, state_record, submit_record
+from raysched.store.pause import paused_gc
+from raysched.store.records import rows_record
 from raysched.store.results import ResultsStore
 
 if TYPE_CHECKING:
@@ -70,39 +70,41 @@ class Recorder:
         return len(self._dirty)
 
     def drain(self) -> list[dict[str, Any]]:
-        """The records for every change since the last drain, oldest first; outcomes of tasks
-        that ended go to the results buffer."""
+        """The changes since the last drain as one ``rows`` record (``records.rows_record``;
+        none if nothing changed); outcomes of tasks that ended go to the results buffer."""
         dirty, self._dirty = self._dirty, {}
         if not dirty:
             return []
         core = self.core
-        tasks, counters, is_final = core.tasks, core.fair.counters, core.is_final
+        tasks, is_final = core.tasks, core.is_final
         terminal = _TERMINAL
-        out: list[dict[str, Any]] = []
-        append = out.append
-        ended: list[Task] = []
         raised = self._raised_parents(dirty)
         if raised:
             for tid in raised:
                 dirty[tid] = dirty.get(tid, 0) | _TOUCHED
+        new: list[Task] = []
+        changed: list[Task] = []
+        touched: list[Task] = []
+        ended: list[Task] = []
+        retrying: list[str] = []
         for tid, flags in dirty.items():
             t = tasks.get(tid)
             if t is None:
                 continue
-            fc = counters.get(t.tenant)
-            final = t.state in terminal and is_final(t)
-            retrying = t.state in terminal and not final
-            if flags & _NEW:
-                append(submit_record(t, fc, retrying=retrying))
-            elif flags & _CHANGED:
-                append(state_record(t, retrying=retrying, fc=fc))
+            if flags & (_NEW | _CHANGED):
+                (new if flags & _NEW else changed).append(t)
+                if t.state in terminal:
+                    if is_final(t):
+                        ended.append(t)
+                    else:
+                        retrying.append(tid)
             else:
-                append(progress_record(t, fc))
-            if final and flags & (_NEW | _CHANGED):
-                ended.append(t)
+                touched.append(t)
         if ended and self.results is not None:
             self.results.add_tasks(ended, self.clock())
-        return out
+        if not (new or changed or touched):
+            return []
+        return [rows_record(new, changed, touched, core.fair.counters, retrying)]
 
     def _raised_parents(self, dirty: dict[str, int]) -> list[str]:
         """Live ancestors of new tasks: accepting a child raises its parents' ``depth`` (a
@@ -131,16 +133,8 @@ class Recorder:
 
     def flush(self) -> Future[None]:
         """Drain into the journal without waiting (the future resolves when written)."""
-        # The records are acyclic dicts that live only until they are encoded, but thousands of
-        # them at once make the cyclic collector run, full passes over every task included
-        # (about half of the drain's time). Paused here, it finds them freed again afterwards.
-        paused = gc.isenabled()
-        gc.disable()
-        try:
+        with paused_gc():  # thousands of rows at once: see ``pause``
             return self.journal.append_nowait(self.drain())
-        finally:
-            if paused:
-                gc.enable()
 
     async def commit(self) -> None:
         """Wait until every change made so far is written per the sync policy: call before

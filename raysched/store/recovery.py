@@ -38,7 +38,7 @@ from raysched.store.checkpoint import (
 from raysched.store.journal import Journal, SyncPolicy
 from raysched.store.location import StateDir
 from raysched.store.recorder import Recorder
-from raysched.store.records import apply_record, task_from_record
+from raysched.store.records import apply_record, replay_rows, task_from_record
 from raysched.store.results import ResultsStore, decode_results, outcome_of
 
 __all__ = ["RecoveredState", "RecoveryReport", "recover"]
@@ -337,6 +337,9 @@ def _recover(
         for rec in batch:
             try:
                 kind = rec["k"]
+                if kind == "rows":
+                    rep.skipped_records += replay_rows(rec, tasks, retrying, fair)[1]
+                    continue
                 tid = rec["id"]
                 t = tasks.get(tid)
                 if kind == "submit" and t is None:
@@ -354,9 +357,9 @@ def _recover(
                 fc = rec.get("fc")
                 if fc is not None:
                     fair[t.tenant] = fc
-            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
                 rep.skipped_records += 1
-                log.warning("recovery: skipping a malformed journal record (%r): %s", exc, rec)
+                log.warning("recovery: skipping a malformed journal record (%r): %.300s", exc, rec)
     st = journal.replay_stats
     rep.journal_segments, rep.journal_records = st.segments, st.records
     rep.damaged = list(st.damaged)

@@ -22,6 +22,7 @@ from raysched.models import TaskState
 from raysched.policy.task import Task
 from raysched.store.journal import dumps, loads
 from raysched.store.location import TMP_PREFIX, StateDir
+from raysched.store.pause import paused_gc
 
 __all__ = ["RESULT_SCHEMA", "ResultsStore", "decode_results", "outcome_of"]
 
@@ -89,17 +90,32 @@ _TASK_COLUMNS = [n for n in _NAMES if n not in ("state", "result", "recorded_at"
 _STATE_VALUE = {s: s.value for s in TaskState}
 
 
+_task_row = operator.attrgetter(*_TASK_COLUMNS, "state", "result")
+
+
 def _tasks_table(pairs: list[tuple[Task, float]]) -> pa.Table:
-    """``outcome_of`` for many final tasks at once, straight into columns."""
-    tasks = [t for t, _ in pairs]
-    cols: dict[str, list[Any]] = {
-        n: list(map(operator.attrgetter(n), tasks)) for n in _TASK_COLUMNS
-    }
-    cols["state"] = [_STATE_VALUE[t.state] for t in tasks]
+    """``outcome_of`` for many final tasks at once, straight into columns. One pass over the
+    tasks (an attrgetter row each, then transposed): a pass per column visits every task again,
+    which costs cache misses once there are many (about 2x slower at 20,000 in memory order)."""
+    if not pairs:
+        return RESULT_SCHEMA.empty_table()
+    with paused_gc():  # see ``pause``
+        return _build_table(pairs)
+
+
+def _build_table(pairs: list[tuple[Task, float]]) -> pa.Table:
+    rows = list(map(_task_row, [t for t, _ in pairs]))
+    cols = list(zip(*rows, strict=True))
+    table: dict[str, Any] = dict(zip(_TASK_COLUMNS, cols, strict=False))
+    states, results = cols[-2], cols[-1]
+    value = _STATE_VALUE
+    table["state"] = [value[s] for s in states]
     ok = TaskState.SUCCEEDED
-    cols["result"] = [dumps(t.result).decode() if t.state is ok else None for t in tasks]
-    cols["recorded_at"] = [at for _, at in pairs]
-    return pa.Table.from_pydict(cols, schema=RESULT_SCHEMA)
+    table["result"] = [
+        dumps(r).decode() if s is ok else None for s, r in zip(states, results, strict=True)
+    ]
+    table["recorded_at"] = [at for _, at in pairs]
+    return pa.Table.from_pydict(table, schema=RESULT_SCHEMA)
 
 
 def _part_no(name: str) -> int | None:

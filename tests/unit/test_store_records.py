@@ -1,5 +1,7 @@
-"""The record builders read task fields directly for speed; here they are checked against a plain
-reading of the field tables (``HOT_SPEC``, ``RARE_SPEC``, ``STATE_FIELDS``) on varied tasks."""
+"""The journal's row format (``records.rows_record`` / ``replay_rows``): a task written as rows
+and read back, through JSON as the journal stores it, has every field it had; rows for changes
+after the first bring a copy to the same state, defaults included. The per-task records of
+journals written before rows still load."""
 
 from __future__ import annotations
 
@@ -10,49 +12,30 @@ from hypothesis import strategies as st
 
 from raysched.models import TaskState
 from raysched.policy.task import Task
+from raysched.store.journal import dumps, loads
 from raysched.store.records import (
     HOT_SPEC,
+    PROGRESS_FIELDS,
     RARE_SPEC,
     STATE_FIELDS,
     apply_record,
-    state_record,
-    submit_record,
+    replay_rows,
+    rows_record,
     task_from_record,
 )
 
-
-def _reference_state(rec: dict[str, Any], t: Task) -> None:
-    rec["state"] = t.state.value
-    if t.enqueued_at != t.arrival:
-        rec["enqueued_at"] = t.enqueued_at
-    for name, default in STATE_FIELDS[2:]:
-        v = getattr(t, name)
-        if v != default:
-            rec[name] = v
-    if t.state is TaskState.SUCCEEDED and t.result is not None:
-        rec["result"] = t.result
+_FIELDS = ("priority", "arrival", "seq", *HOT_SPEC, *(n for n, _ in RARE_SPEC))
+_STATE = (*(n for n, _ in STATE_FIELDS), "result")
 
 
-def _reference_submit(t: Task, fc: float | None) -> dict[str, Any]:
-    rec: dict[str, Any] = {
-        "k": "submit",
-        "id": t.id,
-        "priority": t.priority,
-        "arrival": t.arrival,
-        "seq": t.seq,
-    }
-    for name in HOT_SPEC:
-        v = getattr(t, name)
-        if v is not None:
-            rec[name] = v
-    for name, default in RARE_SPEC:
-        v = getattr(t, name)
-        if v != default:
-            rec[name] = v
-    _reference_state(rec, t)
-    if fc:
-        rec["fc"] = fc
-    return rec
+def _through_json(rec: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = loads(dumps(rec))
+    return out
+
+
+def _same(a: Task, b: Task, names: tuple[str, ...]) -> None:
+    for name in names:
+        assert getattr(a, name) == getattr(b, name), name
 
 
 _maybe_float = st.one_of(st.none(), st.floats(0, 1e6, allow_nan=False))
@@ -88,32 +71,119 @@ _changes = st.fixed_dictionaries(
 
 
 @given(
-    changes=_changes,
+    first=_changes,
+    later=_changes,
     state=st.sampled_from(list(TaskState)),
+    state2=st.sampled_from(list(TaskState)),
     size_hint=_maybe_float,
     deadline=_maybe_float,
-    fc=st.one_of(st.none(), st.floats(0, 10, allow_nan=False)),
+    fc=st.one_of(st.none(), st.floats(0.001, 10, allow_nan=False)),
+    retry=st.booleans(),
 )
-def test_builders_match_the_field_tables(
-    changes: dict[str, Any],
+def test_rows_bring_back_every_field(
+    first: dict[str, Any],
+    later: dict[str, Any],
     state: TaskState,
+    state2: TaskState,
     size_hint: float | None,
     deadline: float | None,
     fc: float | None,
+    retry: bool,
 ) -> None:
     t = Task("t1", 5, 100.0, 3, 12, "acme", "batch", "echo", "default", size_hint, deadline)
     t.state = state
-    for k, v in changes.items():
+    for k, v in first.items():
         setattr(t, k, v)
-    assert submit_record(t, fc) == _reference_submit(t, fc)
-    ref = {"k": state_record(t)["k"], "id": t.id}
-    _reference_state(ref, t)
-    assert state_record(t) == ref
-    # and a record brings the same state back
-    back = task_from_record(submit_record(t, fc))
-    apply_record(back, state_record(t))
-    for name, _ in STATE_FIELDS[1:]:
-        assert getattr(back, name) == getattr(t, name), name
+    counters = {"acme": fc} if fc else {}
+    tasks: dict[str, Task] = {}
+    retrying: set[str] = set()
+    fair: dict[str, float] = {}
+    rec = _through_json(rows_record([t], [], [], counters, ["t1"] if retry else []))
+    assert replay_rows(rec, tasks, retrying, fair) == (1, 0)
+    back = tasks["t1"]
+    _same(back, t, ("id", *_FIELDS, *_STATE))
+    assert back.home is None  # runtime-only fields are not restored
+    assert retrying == ({"t1"} if retry else set()) and fair == counters
+    # a transition: state fields change, some go back to their default
+    t.state = state2
+    for name, _ in [*STATE_FIELDS[2:], ("result", None)]:
+        if name in t.__dict__ and name not in later:
+            del t.__dict__[name]  # back to the class default
+    for k, v in later.items():
+        if k in dict(STATE_FIELDS) or k == "result":
+            setattr(t, k, v)
+    rec = _through_json(rows_record([], [t], [], counters, []))
+    assert replay_rows(rec, tasks, retrying, fair) == (1, 0)
+    _same(back, t, ("id", *_FIELDS, *_STATE))
+    assert retrying == set()
+    # progress: service and level only
+    t.steps, t.service_s, t.level = t.steps + 1, t.service_s + 0.5, t.level + 1
+    rec = _through_json(rows_record([], [], [t], counters, []))
+    assert replay_rows(rec, tasks, retrying, fair) == (1, 0)
+    _same(back, t, PROGRESS_FIELDS)
+
+
+def test_rows_for_unknown_tasks_are_skipped_and_a_resubmission_keeps_the_spec() -> None:
+    t = Task("a", 5, 1.0, 0, 0, "x", "batch", "echo", "default")
+    t.payload = {"p": 1}
+    t.state = TaskState.QUEUED
+    tasks: dict[str, Task] = {}
+    fair: dict[str, float] = {}
+    assert replay_rows(_through_json(rows_record([], [t], [t], {}, [])), tasks, set(), fair) == (
+        0,
+        2,
+    )
+    replay_rows(_through_json(rows_record([t], [], [], {}, [])), tasks, set(), fair)
+    t.state, t.attempts = TaskState.RUNNING, 1
+    again = Task("a", 1, 9.0, 0, 0, "other", "batch", "echo", "default")  # same id
+    again.state, again.attempts = TaskState.RUNNING, 1
+    replay_rows(_through_json(rows_record([again], [], [], {}, [])), tasks, set(), fair)
+    got = tasks["a"]
+    assert (got.priority, got.tenant, got.payload) == (5, "x", {"p": 1})
+    assert (got.state, got.attempts) == (TaskState.RUNNING, 1)
+    assert not got.__dict__  # sparse: defaults are not stored
+
+
+def test_per_task_records_of_older_journals_still_load() -> None:
+    t = task_from_record(
+        {
+            "k": "submit",
+            "id": "old",
+            "priority": 5,
+            "arrival": 1.0,
+            "seq": 2,
+            "prompt_tokens": 3,
+            "tenant": "acme",
+            "tier": "batch",
+            "kind": "echo",
+            "pool": "default",
+            "payload": {"x": 1},
+            "depends_on": ["p"],
+            "state": "queued",
+        }
+    )
+    assert (t.payload, t.depends_on, t.state) == ({"x": 1}, ("p",), TaskState.QUEUED)
+    apply_record(
+        t,
+        {
+            "k": "finish",
+            "id": "old",
+            "state": "succeeded",
+            "attempts": 1,
+            "worker": "w1",
+            "finished_at": 4.0,
+            "result": [1],
+        },
+    )
+    assert (t.state, t.attempts, t.worker, t.finished_at, t.result) == (
+        TaskState.SUCCEEDED,
+        1,
+        "w1",
+        4.0,
+        [1],
+    )
+    apply_record(t, {"k": "progress", "id": "old", "steps": 7, "service_s": 1.5, "level": 2})
+    assert (t.steps, t.service_s, t.level) == (7, 1.5, 2)
 
 
 @given(

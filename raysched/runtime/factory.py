@@ -9,10 +9,12 @@ import gc
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raysched.errors import SchedulerUnavailable
 from raysched.handlers import default_registry
@@ -23,6 +25,7 @@ from raysched.settings import PoolSettings, Settings
 from raysched.store.blobs import RESULT, BlobStore
 from raysched.store.journal import JournalLocked
 from raysched.store.recovery import RecoveredState, recover
+from raysched.store.results import ConvertJob, ConvertReport, convert_segments
 
 __all__ = ["RaySpawner", "SchedulerActor", "WorkerActor", "get_scheduler", "start_scheduler"]
 
@@ -258,6 +261,8 @@ class _SchedulerActor:
         # (at-least-once), and events they still send name workers this instance never had.
         _reap_workers(self.settings.namespace)
         store = _recover(self.settings) if self.settings.store.enabled else None
+        if store is not None:
+            store.convert = _ray_converter()
         self.svc = SchedulerService(
             self.settings, RaySpawner(self.settings), store=store, objects=ray.put
         )
@@ -338,6 +343,24 @@ class _SchedulerActor:
 
 
 SchedulerActor = ray.remote(_SchedulerActor)
+
+
+_convert_task = ray.remote(num_cpus=0, max_retries=1)(convert_segments)
+
+
+def _ray_converter() -> Callable[[ConvertJob], ConvertReport]:
+    """Results files from journal segments as a Ray task on this node (the journal is on its
+    disk), so that decoding and converting outcomes costs the scheduler's process nothing."""
+    node = ray.get_runtime_context().get_node_id()
+    task = _convert_task.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+    )
+
+    def run(job: ConvertJob) -> ConvertReport:
+        report: ConvertReport = ray.get(task.remote(job))
+        return report
+
+    return run
 
 
 def _recover(settings: Settings, wait_lock_s: float = 30.0) -> RecoveredState:

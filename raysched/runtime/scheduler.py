@@ -131,9 +131,12 @@ class SchedulerService:
         self.started_at = clock()
         self.dispatched = 0
         self._gpu_requests = sum(1 for t in self.core.tasks.values() if t.gpu_memory_mb is not None)
-        # store housekeeping: next checkpoint / results flush, journal size at the last checkpoint
+        # store housekeeping: next checkpoint / results conversion, journal size at the last
+        # checkpoint
         self._next_checkpoint = self.started_at + settings.store.checkpoint_interval_s
         self._next_results = 0.0
+        self._converting = False
+        self._sealed_bytes = 0  # journal bytes written when it was last sealed for results
         self._checkpoint_bytes = 0
         self._checkpointing = False
         self.checkpoints_taken = 0
@@ -318,9 +321,15 @@ class SchedulerService:
             # measured at the start: what is written while the snapshot is taken needs the next
             self._checkpoint_bytes = store.journal.stats.bytes
             self._bg_task(self._checkpoint())
-        elif store.results.pending and now >= self._next_results:
+        elif (
+            now >= self._next_results
+            and not self._converting
+            and store.journal.stats.bytes > self._sealed_bytes
+        ):
             self._next_results = now + cfg.results_flush_s
-            self._bg_task(self._flush_results())
+            self._sealed_bytes = store.journal.stats.bytes
+            self._converting = True
+            self._bg_task(self._convert_results(store.seal()))
 
     def _flush_soon(self) -> None:
         """Journal the changes that need no acknowledgement (starts, progress, outcomes) within
@@ -377,12 +386,17 @@ class SchedulerService:
             self._checkpointing = False
             self._next_checkpoint = self.clock() + self.settings.store.checkpoint_interval_s
 
-    async def _flush_results(self) -> None:
+    async def _convert_results(self, upto: int) -> None:
+        """Outcomes in the journal segments below ``upto`` go to the results files (off this
+        process where a converter is set up, see ``RecoveredState.convert``)."""
         assert self.store is not None
         try:
-            await asyncio.to_thread(self.store.results.flush)
-        except Exception as exc:  # kept in the buffer and in the journal; retried later
-            log.warning("results flush failed: %s", exc)
+            await asyncio.to_thread(self.store.results.flush)  # recovery's, if still buffered
+            await asyncio.to_thread(self.store.convert_results, upto)
+        except Exception as exc:  # the journal keeps them; the next round or checkpoint retries
+            log.warning("results conversion failed: %s", exc)
+        finally:
+            self._converting = False
 
     def _timeout(self, t: Task, now: float) -> None:
         msg = f"timed out after {t.timeout_s}s"
@@ -1053,6 +1067,8 @@ class SchedulerService:
                 "checkpoints": self.checkpoints_taken,
                 "checkpoint_tasks": self.checkpoint_tasks,
                 "results_pending": self.store.results.pending,
+                # results files made from the journal (RecoveredState.convert_results)
+                "results_converted": dict(self.store.conversions),
                 "error": self._store_error,
                 "recovery_s": round(self.store.report.seconds, 3),
                 # large values (store.inline_max_bytes): blobs written here, object refs handed out

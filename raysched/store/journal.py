@@ -557,12 +557,17 @@ class Journal:
         for batch in self.replay_batches(start_segment):
             yield from batch
 
-    def replay_batches(self, start_segment: int = 0) -> Iterator[list[dict[str, Any]]]:
-        """As ``replay``, one list per frame (one group commit): the fast path for recovery."""
+    def replay_batches(
+        self, start_segment: int = 0, stop_segment: int | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """As ``replay``, one list per frame (one group commit): the fast path for recovery.
+        ``stop_segment``: read only the segments below it."""
         self.replay_stats = st = ReplayStats()
         for n in self.segments():
             if n < start_segment:
                 continue
+            if stop_segment is not None and n >= stop_segment:
+                break
             st.segments += 1
             yield from self._read_segment(n, st)
 

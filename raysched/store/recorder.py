@@ -1,21 +1,20 @@
-"""The recorder: turns the policy core's state changes into journal records and finished tasks into
-results, so the scheduler does not have to name every change at every call site.
+"""The recorder: turns the policy core's state changes into journal records, so the scheduler does
+not have to name every change at every call site.
 
 It is a lifecycle watcher (``Lifecycle.watchers``: cheaper than an audit hook, no event object is
 built). Every transition (submission, start, preemption, retry, finish, cancel, a child failed by
 its parent, a retry released by ``tick``) marks the task dirty; changes that are not transitions
 (service and steps reported by a running task, a level demotion) are marked with ``touch``.
 ``drain`` builds one row per dirty task from its *current* state (several changes between two
-drains cost one row; the rows of a drain make one ``rows`` record, see ``records``) and hands
-the outcomes of tasks that just ended to the results store's buffer. ``commit`` waits until
+drains cost one row; the rows of a drain make one ``rows`` record, see ``records``); a task that
+ended gets a whole row, from which the results files are made later (``results``, off the
+scheduler's process). ``commit`` waits until
 the journal has everything changed so far (await it before acknowledging a submission or a
 cancel); ``flush`` drains without waiting (after dispatch, worker reports and ticks)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,6 @@ from raysched.policy.task import Task
 from raysched.store.journal import Journal, settle_future
 from raysched.store.pause import paused_gc
 from raysched.store.records import rows_record
-from raysched.store.results import ResultsStore
 
 if TYPE_CHECKING:
     from raysched.policy.core import SchedulerCore
@@ -36,21 +34,15 @@ _TERMINAL = frozenset(s for s in TaskState if s.terminal)
 
 
 class Recorder:
-    """Installs itself as a lifecycle watcher of ``core``; ``results`` (optional) receives
-    outcomes."""
+    """Installs itself as a lifecycle watcher of ``core``."""
 
     def __init__(
         self,
         core: SchedulerCore,
         journal: Journal,
-        results: ResultsStore | None = None,
-        *,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.core = core
         self.journal = journal
-        self.results = results
-        self.clock = clock
         self._dirty: dict[str, int] = {}
         self._ticks: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
         core.lifecycle.watchers.append(self)
@@ -71,7 +63,7 @@ class Recorder:
 
     def drain(self) -> list[dict[str, Any]]:
         """The changes since the last drain as one ``rows`` record (``records.rows_record``;
-        none if nothing changed); outcomes of tasks that ended go to the results buffer."""
+        none if nothing changed)."""
         dirty, self._dirty = self._dirty, {}
         if not dirty:
             return []
@@ -92,19 +84,17 @@ class Recorder:
             if t is None:
                 continue
             if flags & (_NEW | _CHANGED):
-                (new if flags & _NEW else changed).append(t)
                 if t.state in terminal:
                     if is_final(t):
                         ended.append(t)
-                    else:
-                        retrying.append(tid)
+                        continue
+                    retrying.append(tid)
+                (new if flags & _NEW else changed).append(t)
             else:
                 touched.append(t)
-        if ended and self.results is not None:
-            self.results.add_tasks(ended, self.clock())
-        if not (new or changed or touched):
+        if not (new or changed or touched or ended):
             return []
-        return [rows_record(new, changed, touched, core.fair.counters, retrying)]
+        return [rows_record(new, changed, touched, core.fair.counters, retrying, ended)]
 
     def _raised_parents(self, dirty: dict[str, int]) -> list[str]:
         """Live ancestors of new tasks: accepting a child raises its parents' ``depth`` (a

@@ -14,10 +14,13 @@ encodes an Enum member about ten times slower than a str)::
     {"k": "rows", "n": rows,
      "sf": ROW_SUBMIT, "s": [[...], ...], "ss": ["queued", ...],
      "tf": ROW_STATE, "t": [[...], ...], "ts": [...],
+     "ff": ROW_SUBMIT, "f": [[...], ...], "fs": ["succeeded", ...],
      "pf": ROW_PROGRESS, "p": [[...], ...],
      "fc": {tenant: counter}, "retrying": [id, ...]}
 
 ``s`` is the first record of a task (its spec and state), ``t`` a transition (the full state),
+``f`` (``ff``, ``fs``: as ``s``) a final outcome, spec included, so that the results files can be
+made from the journal alone (``results.convert_segments``),
 ``p`` service, steps and level reported by a running task (or the depth of a parent whose new
 descendant raised it). A row ends with the task's ``__dict__``: the fields that differ from
 their class default (rare spec fields, timings, worker, error, result; ``Task`` keeps the payload
@@ -194,12 +197,15 @@ def rows_record(
     touched: list[Task],
     counters: dict[str, float],
     retrying: list[str],
+    ended: list[Task] = (),  # type: ignore[assignment]
 ) -> dict[str, Any]:
     """One drain's changes as a ``rows`` record: ``new`` tasks (first record), ``changed`` (a
-    transition), ``touched`` (progress only); ``counters``: the fair-share counters by tenant;
-    ``retrying``: ids of the failed or timed-out tasks among them that will be retried."""
+    transition), ``touched`` (progress only), ``ended`` (a final outcome, new or not: written
+    whole, so the results files can be made from the journal alone); ``counters``: the
+    fair-share counters by tenant; ``retrying``: ids of the failed or timed-out tasks among them
+    that will be retried."""
     value = _VALUE
-    rec: dict[str, Any] = {"k": "rows", "n": len(new) + len(changed) + len(touched)}
+    rec: dict[str, Any] = {"k": "rows", "n": len(new) + len(changed) + len(touched) + len(ended)}
     if new:
         rec["sf"] = ROW_SUBMIT
         rec["s"] = list(map(_submit_row, new))
@@ -211,9 +217,14 @@ def rows_record(
     if touched:
         rec["pf"] = ROW_PROGRESS
         rec["p"] = list(map(_progress_row, touched))
+    if ended:
+        rec["ff"] = ROW_SUBMIT
+        rec["f"] = list(map(_submit_row, ended))
+        rec["fs"] = [value[t.state] for t in ended]
     tenants = {t.tenant for t in new}
     tenants.update(t.tenant for t in changed)
     tenants.update(t.tenant for t in touched)
+    tenants.update(t.tenant for t in ended)
     fc = {n: v for n in tenants if (v := counters.get(n))}
     if fc:
         rec["fc"] = fc
@@ -267,19 +278,21 @@ def replay_rows(
     applied = skipped = 0
     states = _STATES
     marked: list[str] = []  # transitions: their retrying mark is this record's
-    if "s" in rec:
-        names = rec["sf"]
+    for rows_key, names_key, states_key in (("s", "sf", "ss"), ("f", "ff", "fs")):
+        if rows_key not in rec:
+            continue
+        names = rec[names_key]
         ix = {n: i for i, n in enumerate(names)}
         init = [ix[n] for n in _INIT_NAMES]
         fresh = _setter(names, _SPEC_AND_STATE, False)
         again = _setter(names, _STATE_ONLY, True)
-        for row, st in zip(rec["s"], rec["ss"], strict=True):
+        for row, st in zip(rec[rows_key], rec[states_key], strict=True):
             tid = row[init[0]]
             t = tasks.get(tid)
             if t is None:
                 t = tasks[tid] = Task(*[row[i] for i in init])
                 fresh(t, row)
-            else:  # submitted again (a replayed submission): its state part
+            else:  # submitted again (a replayed submission), or ended: its state part
                 again(t, row)
             t.state = states[st]
             marked.append(tid)

@@ -15,6 +15,7 @@ import asyncio
 import gc
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,14 @@ from raysched.store.journal import Journal, SyncPolicy
 from raysched.store.location import StateDir
 from raysched.store.recorder import Recorder
 from raysched.store.records import apply_record, replay_rows, task_from_record
-from raysched.store.results import ResultsStore, decode_results, outcome_of
+from raysched.store.results import (
+    ConvertJob,
+    ConvertReport,
+    ResultsStore,
+    convert_segments,
+    decode_results,
+    outcome_of,
+)
 
 __all__ = ["RecoveredState", "RecoveryReport", "recover"]
 
@@ -80,6 +88,47 @@ class RecoveredState:
     report: RecoveryReport
     #: ``finish_checkpoint`` merges the result files once there are more than this many.
     compact_results_after: int = 64
+    #: Runs a ``ConvertJob`` (results files from journal segments). In-process by default; the
+    #: scheduler actor passes one that runs it as a Ray task on its node.
+    convert: Callable[[ConvertJob], ConvertReport] = convert_segments
+    #: The first journal segment whose outcomes are not in the results files yet.
+    converted_upto: int = 0
+    #: What the conversions did: files, outcome rows, the process of the last one.
+    conversions: dict[str, int] = field(default_factory=lambda: {"files": 0, "rows": 0, "pid": 0})
+    _convert_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # -- results --------------------------------------------------------------------------------
+    def seal(self) -> int:
+        """Start a new journal segment (on the thread that owns the core); the outcomes in the
+        ones before it can then go to the results files (``convert_results``)."""
+        return self.journal.rotate()
+
+    def convert_results(self, upto: int) -> ConvertReport | None:
+        """Write the outcomes of the journal segments below ``upto`` (sealed) that are not in
+        the results files yet as one results file (any thread; blocking). On failure nothing is
+        marked done: the next call takes the same segments again."""
+        with self._convert_lock:
+            if upto <= self.converted_upto:
+                return None
+            self.journal.append_many(())  # the rotation is done: the sealed segments are whole
+            segs = tuple(n for n in self.journal.segments() if self.converted_upto <= n < upto)
+            rep = None
+            if segs:
+                job = ConvertJob(
+                    str(self.journal.directory),
+                    segs,
+                    self.results.dir.root,
+                    self.results.dir.fs,
+                    self.results.reserve_part(),
+                    self.results.clock(),
+                )
+                rep = self.convert(job)
+                if rep.name is not None:
+                    self.conversions["files"] += 1
+                    self.conversions["rows"] += rep.rows
+                self.conversions["pid"] = rep.pid
+            self.converted_upto = upto
+            return rep
 
     # -- checkpoints ----------------------------------------------------------------------------
     def begin_checkpoint(self) -> Snapshot:
@@ -91,11 +140,13 @@ class RecoveredState:
         return self.checkpoints.capture(self.core, seg)
 
     def finish_checkpoint(self, snap: Snapshot) -> SnapshotInfo:
-        """The I/O part (any thread; one checkpoint at a time): flush results, write the
-        snapshot durably, then drop the journal segments no retained snapshot needs, and merge
-        the result files when there are many."""
+        """The I/O part (any thread; one checkpoint at a time): the outcomes in the segments the
+        snapshot covers go to the results files, the snapshot is written durably, then the
+        journal segments no retained snapshot needs are dropped, and the result files merged
+        when there are many."""
         self.journal.append_many(())  # the rotation is done: the new segment exists
         self.results.flush()
+        self.convert_results(int(snap.meta["journal_segment"]))
         info = self.checkpoints.save(snap)
         self.journal.drop_before(info.journal_floor)
         if self.results.part_count() > self.compact_results_after:
@@ -113,7 +164,9 @@ class RecoveredState:
         return await asyncio.to_thread(self.finish_checkpoint, snap)
 
     def close(self) -> None:
-        """Journal what is pending, close the journal, flush the results."""
+        """Journal what is pending, close the journal, flush the results held in memory (the
+        outcomes in the journal go to the results files at the next start's recovery or
+        checkpoint)."""
         self.recorder.flush()
         self.journal.close()
         self.results.flush()
@@ -180,6 +233,7 @@ def _finished_tasks(table: pa.Table) -> list[Task]:
         t.steps = sp
         t.started_at = 0.0
         t.qkey = None
+        t.payload = None  # not kept for finished tasks
         append(t)
     for name, default in _FINISHED_SPARSE:
         idx, vals = sparse_items(table.column(name), default)
@@ -402,7 +456,7 @@ def _recover(
 
     # 4. a fresh core, then the changes recovery made go to the journal and results
     core = SchedulerCore(settings, pools=pools, audit=audit, on_refused=on_refused)
-    recorder = Recorder(core, journal, results, clock=clock)
+    recorder = Recorder(core, journal)
     everything = finished + list(tasks.values()) if finished else list(tasks.values())
     was_running = [t for t in tasks.values() if t.state is TaskState.RUNNING]
     core.restore(everything, now, retrying=retrying, fair_counters=fair, seq=seq)
@@ -431,4 +485,8 @@ def _recover(
         rep.requeued,
         len(rep.damaged),
     )
-    return RecoveredState(core, journal, checkpoints, results, recorder, rep)
+    # everything up to here is in the results files (``missing`` above): new outcomes go to the
+    # segment appends open next
+    state = RecoveredState(core, journal, checkpoints, results, recorder, rep)
+    state.converted_upto = journal.segment
+    return state

@@ -1,18 +1,31 @@
 """The results store: finished tasks' outcomes (state, result or error, attempts, timings) as
-Parquet under ``<state_dir>/results/``, one file per flush, readable after a restart.
+Parquet under ``<state_dir>/results/``, readable after a restart.
+
+Where the rows come from. The journal has every final outcome whole (``records``: ``f`` rows),
+so ``convert_segments`` makes a results file from sealed journal segments. The scheduler runs it
+every ``store.results_flush_s`` and before each checkpoint drops segments, in a Ray task on its
+node: reading, decoding and converting outcomes is work the scheduler's own process would
+otherwise do for every task (about 5 µs each). ``add``/``add_tasks`` + ``flush`` write outcomes
+held in memory (recovery, tools) one file per flush.
 
 Exactly-once recorded results: a task may run more than once (at-least-once execution), and its
 outcome may be added more than once (a redelivery, a journal replay), but reads keep only the
 *first* recorded outcome of each task id, in file order then row order. Files are named
-``part-<n>.parquet`` with ``n`` increasing, written under a temporary name and moved."""
+``part-<n>-<random>.parquet`` with ``n`` increasing (read in that order), written under a
+temporary name and moved. The random part keeps two writers that got the same ``n`` apart (a
+conversion still running for a scheduler that died while its successor recovers): both hold the
+same outcomes, read from the same journal records."""
 
 from __future__ import annotations
 
 import logging
 import operator
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -20,11 +33,20 @@ import pyarrow.parquet as pq
 
 from raysched.models import TaskState
 from raysched.policy.task import Task
-from raysched.store.journal import dumps, loads
+from raysched.store.journal import Journal, dumps, loads
 from raysched.store.location import TMP_PREFIX, StateDir
 from raysched.store.pause import paused_gc
+from raysched.store.records import replay_rows
 
-__all__ = ["RESULT_SCHEMA", "ResultsStore", "decode_results", "outcome_of"]
+__all__ = [
+    "RESULT_SCHEMA",
+    "ConvertJob",
+    "ConvertReport",
+    "ResultsStore",
+    "convert_segments",
+    "decode_results",
+    "outcome_of",
+]
 
 log = logging.getLogger("raysched.store.results")
 
@@ -118,10 +140,69 @@ def _build_table(pairs: list[tuple[Task, float]]) -> pa.Table:
     return pa.Table.from_pydict(table, schema=RESULT_SCHEMA)
 
 
+def write_part(sd: StateDir, number: int, table: pa.Table) -> str:
+    """Write ``table`` as results part ``number`` (atomically); returns its name."""
+    name = f"part-{number:010d}-{uuid.uuid4().hex[:8]}.parquet"
+    sd.makedirs(FOLDER)
+    sd.write_atomic(FOLDER, name, lambda out: pq.write_table(table, out))
+    return name
+
+
+@dataclass(frozen=True)
+class ConvertJob:
+    """Make results part ``part`` from the final outcomes in journal segments ``segments``
+    (sealed: nothing is appended to them any more), in their order. ``root``/``filesystem``:
+    the state directory (``StateDir.root``, ``StateDir.fs``); picklable, for a Ray task."""
+
+    journal_dir: str
+    segments: tuple[int, ...]
+    root: str
+    filesystem: Any
+    part: int
+    now: float
+
+
+@dataclass(frozen=True)
+class ConvertReport:
+    name: str | None  # the part written, None when the segments held no outcome
+    rows: int
+    pid: int  # the process that did the work
+
+
+def convert_segments(job: ConvertJob) -> ConvertReport:
+    """Run ``job`` (any process that can read the journal directory). An outcome recorded twice
+    (a task redone after a crash) gets two rows; reads keep the first."""
+    with paused_gc():
+        journal = Journal(job.journal_dir, sync="off")  # read only: never locked or written
+        ended: list[Task] = []
+        for seg in job.segments:
+            for batch in journal.replay_batches(seg, seg + 1):
+                for rec in batch:
+                    if rec.get("k") != "rows" or "f" not in rec:
+                        continue
+                    one = {"k": "rows", "sf": rec["ff"], "s": rec["f"], "ss": rec["fs"]}
+                    fresh: dict[str, Task] = {}
+                    replay_rows(one, fresh, set(), {})
+                    ended.extend(fresh.values())
+        if not ended:
+            return ConvertReport(None, 0, os.getpid())
+        now = job.now
+        table = _build_table([(t, now if t.finished_at is None else t.finished_at) for t in ended])
+    name = write_part(StateDir(job.root, job.filesystem), job.part, table)
+    return ConvertReport(name, len(ended), os.getpid())
+
+
 def _part_no(name: str) -> int | None:
-    if name.startswith("part-") and name.endswith(".parquet") and name[5:-8].isdigit():
-        return int(name[5:-8])
+    """``n`` of ``part-<n>-<random>.parquet`` (or ``part-<n>.parquet``, the older names)."""
+    if name.startswith("part-") and name.endswith(".parquet"):
+        n = name[5:-8].split("-", 1)[0]
+        if n.isdigit():
+            return int(n)
     return None
+
+
+def _part_key(name: str) -> tuple[int, str]:
+    return (_part_no(name) or 0, name)
 
 
 def decode_results(strings: list[str | None]) -> list[Any]:
@@ -191,9 +272,7 @@ class ResultsStore:
                 table = self._to_table(rows)
                 if self._next_part is None:
                     self._next_part = self._scan_next_part()
-                name = f"part-{self._next_part:010d}.parquet"
-                self.dir.makedirs(FOLDER)
-                self.dir.write_atomic(FOLDER, name, lambda out: pq.write_table(table, out))
+                name = write_part(self.dir, self._next_part, table)
             except BaseException:
                 with self._lock:
                     self._buffer[:0] = rows
@@ -201,6 +280,16 @@ class ResultsStore:
             self._next_part += 1
             self.files_written += 1
             return name
+
+    def reserve_part(self) -> int:
+        """A part number for a file written elsewhere (``convert_segments``): later than every
+        part written so far, never handed out twice."""
+        with self._flush_lock:
+            if self._next_part is None:
+                self._next_part = self._scan_next_part()
+            n = self._next_part
+            self._next_part += 1
+            return n
 
     def _scan_next_part(self) -> int:
         nums = [n for n in map(_part_no, self.dir.listdir(FOLDER)) if n is not None]
@@ -230,8 +319,7 @@ class ResultsStore:
                 self._next_part = self._scan_next_part()
             # The merged part takes a fresh, highest number: until the old parts are deleted they
             # read first and hold the same first outcomes, so a crash in between changes nothing.
-            name = f"part-{self._next_part:010d}.parquet"
-            self.dir.write_atomic(FOLDER, name, lambda out: pq.write_table(table, out))
+            write_part(self.dir, self._next_part, table)
             self._next_part += 1
             for p in parts:
                 self.dir.delete(FOLDER, p)
@@ -247,7 +335,7 @@ class ResultsStore:
         for n in names:
             if n.startswith(TMP_PREFIX):
                 log.warning("results: ignoring %s, a half-written results file from a crash", n)
-        return sorted((n for n in names if _part_no(n) is not None), key=_part_no)  # type: ignore[arg-type]
+        return sorted((n for n in names if _part_no(n) is not None), key=_part_key)
 
     def load_table(self) -> pa.Table:
         """Every recorded outcome as one table (``result`` still JSON text), deduplicated by id

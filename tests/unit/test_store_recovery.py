@@ -18,6 +18,7 @@ from raysched.policy.core import SchedulerCore
 from raysched.policy.task import Task
 from raysched.settings import PolicySettings
 from raysched.store.recovery import RecoveredState, recover
+from raysched.store.results import outcome_of
 
 S = TaskState
 POOL = "default"
@@ -303,7 +304,7 @@ def test_many_result_files_are_merged_at_a_checkpoint(tmp_path: Path) -> None:
         st.core.dispatch(POOL, 1, 2.0)
         st.core.finish(t, 3.0, ok=True, result=i)
         st.recorder.commit_sync()
-        st.results.flush()
+        st.convert_results(st.seal())  # what the scheduler does every store.results_flush_s
     assert st.results.part_count() == 5
     st.checkpoint()
     assert st.results.part_count() == 1
@@ -360,6 +361,7 @@ def test_redelivery_limit_applies_across_restarts(tmp_path: Path) -> None:
         st = open_state(tmp_path, "priority", now)
     t = st.core.tasks["poison"]
     assert t.state is S.FAILED and st.core.is_final(t) and t.error_type == "WorkerLost"
+    st.convert_results(st.seal())  # recovery journaled the outcome; it reaches the results files
     assert st.results.get("poison") is not None
     st.close()
 
@@ -382,6 +384,7 @@ def test_idempotency_keys_and_ids_survive(tmp_path: Path) -> None:
     same_id = core2.submit(mk("f"), 6.0)
     assert dup_live.id == "q" and dup_done.id == "f" and same_id.id == "f"
     assert dup_done.state is S.SUCCEEDED and dup_done.result == 7
+    assert dup_done.payload is None  # every slot of a task rebuilt from results rows is set
     other_tenant = core2.submit(mk("new", idempotency_key="K1", tenant="b"), 6.0)
     assert other_tenant.id == "new"
     child = core2.submit(mk("child", depends_on=("f",)), 6.0)  # a finished parent is known
@@ -474,9 +477,10 @@ def test_recorded_outcome_settles_a_task_the_journal_lost(tmp_path: Path) -> Non
     (t,) = st.core.dispatch(POOL, 1, 2.0)
     st.recorder.commit_sync()
     st.core.finish(t, 3.0, ok=True, result="done")
-    st.recorder.drain()  # the outcome reached the results store ...
+    st.recorder.drain()  # the outcome is recorded in the results files ...
+    st.results.add([outcome_of(t, 3.0)])
     st.results.flush()
-    crash(st)  # ... but its journal record never did
+    crash(st)  # ... but its journal record was never written
     st2 = open_state(tmp_path, "priority", 4.0)
     s = st2.core.tasks["s"]
     assert s.state is S.SUCCEEDED and s.result == "done" and st2.report.settled == 1
@@ -598,3 +602,60 @@ def test_flush_leaves_the_garbage_collector_as_it_found_it(tmp_path: Path) -> No
         gc.enable() if was else gc.disable()
     crash(st)
     assert len(open_state(tmp_path, "priority").core.tasks) == 2
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_results_files_made_from_the_journal_hold_every_outcome_once(
+    tmp_path: Path, seed: int
+) -> None:
+    """``convert_results`` (the scheduler's periodic job and every checkpoint) writes each final
+    outcome, read from the journal, as the scheduler holds it: same rows as a results file made
+    from the tasks in memory. Segments not yet sealed are left for the next round."""
+    from raysched.store.results import ResultsStore
+
+    st = open_state(tmp_path, "mlfq")
+    w = Workload(st, seed, False)
+    w.run(100)
+    st.convert_results(st.seal())
+    w.run(100)
+    st.recorder.commit_sync()  # in the open segment: not converted yet
+    final = [t for t in st.core.tasks.values() if st.core.is_final(t)]
+    got = st.results.load_table()
+    assert got.num_rows < len(final)
+    st.convert_results(st.seal())
+    assert st.convert_results(st.journal.segment) is None  # nothing new below it
+    got = st.results.load_table()
+    assert got.num_rows == len(final) == st.conversions["rows"]
+    want = ResultsStore._to_table([(t, t.finished_at) for t in final])
+    cols = [n for n in got.column_names if n != "recorded_at"]
+    key = [("id", "ascending")]
+    assert got.select(cols).sort_by(key).equals(want.select(cols).sort_by(key))
+    st.close()
+
+
+def test_a_failed_conversion_is_retried_with_the_same_segments(tmp_path: Path) -> None:
+    st = open_state(tmp_path, "priority")
+    st.core.submit(mk("a"), 1.0)
+    (t,) = st.core.dispatch(POOL, 1, 2.0)
+    st.core.finish(t, 3.0, ok=True, result=1)
+    st.recorder.commit_sync()
+
+    def broken(job: Any) -> Any:
+        raise OSError("disk full")
+
+    st.convert = broken
+    upto = st.seal()
+    with pytest.raises(OSError):
+        st.convert_results(upto)
+    assert st.results.part_count() == 0
+    from raysched.store.results import convert_segments
+
+    st.convert = convert_segments
+    st.core.submit(mk("b"), 4.0)
+    st.recorder.commit_sync()
+    st.checkpoint()  # converts before the segments it covers are dropped
+    assert set(st.results.load_all()) == {"a"} and st.conversions["rows"] == 1
+    crash(st)
+    st2 = open_state(tmp_path, "priority", 5.0)
+    assert st2.core.tasks["a"].result == 1 and st2.report.results_recorded == 0
+    st2.close()

@@ -345,19 +345,34 @@ class _SchedulerActor:
 SchedulerActor = ray.remote(_SchedulerActor)
 
 
-_convert_task = ray.remote(num_cpus=0, max_retries=1)(convert_segments)
+class _ResultsConverter:
+    """Makes results files from journal segments (``convert_segments``) in a process of its own,
+    so that decoding and converting outcomes costs the scheduler's process nothing. An actor
+    rather than a task: a task's worker process may be reaped when idle and started again
+    (importing pyarrow) at the next conversion."""
+
+    def convert(self, job: ConvertJob) -> ConvertReport:
+        return convert_segments(job)
 
 
 def _ray_converter() -> Callable[[ConvertJob], ConvertReport]:
-    """Results files from journal segments as a Ray task on this node (the journal is on its
-    disk), so that decoding and converting outcomes costs the scheduler's process nothing."""
+    """Start the converter on this node (the journal is on its disk), owned by the scheduler
+    actor (it goes when the scheduler goes; Ray restarts it if it dies), and return the
+    function that runs a job on it."""
     node = ray.get_runtime_context().get_node_id()
-    task = _convert_task.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+    actor: Any = (
+        ray.remote(_ResultsConverter)
+        .options(
+            num_cpus=0,
+            max_restarts=-1,
+            max_task_retries=1,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
+        )
+        .remote()
     )
 
     def run(job: ConvertJob) -> ConvertReport:
-        report: ConvertReport = ray.get(task.remote(job))
+        report: ConvertReport = ray.get(actor.convert.remote(job))
         return report
 
     return run

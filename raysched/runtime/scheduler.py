@@ -134,9 +134,9 @@ class SchedulerService:
         # store housekeeping: next checkpoint / results conversion, journal size at the last
         # checkpoint
         self._next_checkpoint = self.started_at + settings.store.checkpoint_interval_s
-        self._next_results = 0.0
+        self._next_results = self.started_at + settings.store.results_flush_s
         self._converting = False
-        self._sealed_bytes = 0  # journal bytes written when it was last sealed for results
+        self._sealed_ended = 0  # final outcomes journaled when it was last sealed for results
         self._checkpoint_bytes = 0
         self._checkpointing = False
         self.checkpoints_taken = 0
@@ -324,10 +324,10 @@ class SchedulerService:
         elif (
             now >= self._next_results
             and not self._converting
-            and store.journal.stats.bytes > self._sealed_bytes
+            and self.recorder.ended > self._sealed_ended
         ):
             self._next_results = now + cfg.results_flush_s
-            self._sealed_bytes = store.journal.stats.bytes
+            self._sealed_ended = self.recorder.ended
             self._converting = True
             self._bg_task(self._convert_results(store.seal()))
 

@@ -43,6 +43,8 @@ class Recorder:
     ) -> None:
         self.core = core
         self.journal = journal
+        #: Final outcomes drained so far (whole rows the results files are made from).
+        self.ended = 0
         self._dirty: dict[str, int] = {}
         self._ticks: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
         core.lifecycle.watchers.append(self)
@@ -94,6 +96,7 @@ class Recorder:
                 touched.append(t)
         if not (new or changed or touched or ended):
             return []
+        self.ended += len(ended)
         return [rows_record(new, changed, touched, core.fair.counters, retrying, ended)]
 
     def _raised_parents(self, dirty: dict[str, int]) -> list[str]:

@@ -203,8 +203,9 @@ class StoreSettings(BaseModel):
     checkpoint_interval_s: float = Field(default=60.0, gt=0)
     checkpoint_journal_mb: float = Field(default=64.0, gt=0)
     keep_snapshots: int = Field(default=2, ge=1)
-    #: How often buffered outcomes are written to the results store (they are in the journal
-    #: from the moment the task ends).
+    #: How often the outcomes journaled since the last time go to the results files (they are
+    #: in the journal from the moment the task ends): the scheduler closes a journal segment and
+    #: a converter actor on its node makes a results file from the closed segments.
     results_flush_s: float = Field(default=2.0, gt=0)
     #: Load finished tasks back into the scheduler on recovery, so ``result``/``status`` and
     #: idempotency keys of finished tasks survive a restart.

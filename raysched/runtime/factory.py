@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raysched.errors import SchedulerUnavailable
@@ -355,7 +355,7 @@ class _ResultsConverter:
         return convert_segments(job)
 
 
-def _ray_converter() -> Callable[[ConvertJob], ConvertReport]:
+def _ray_converter(timeout_s: float = 600.0) -> Callable[[ConvertJob], ConvertReport]:
     """Start the converter on this node (the journal is on its disk), owned by the scheduler
     actor (it goes when the scheduler goes; Ray restarts it if it dies), and return the
     function that runs a job on it."""
@@ -372,7 +372,12 @@ def _ray_converter() -> Callable[[ConvertJob], ConvertReport]:
     )
 
     def run(job: ConvertJob) -> ConvertReport:
-        report: ConvertReport = ray.get(actor.convert.remote(job))
+        try:
+            report: ConvertReport = ray.get(actor.convert.remote(job), timeout=timeout_s)
+        except GetTimeoutError:
+            # stuck (a hung file system?): restart it rather than hold up every checkpoint
+            ray.kill(actor, no_restart=False)
+            raise
         return report
 
     return run

@@ -393,8 +393,9 @@ class SchedulerService:
         try:
             await asyncio.to_thread(self.store.results.flush)  # recovery's, if still buffered
             await asyncio.to_thread(self.store.convert_results, upto)
-        except Exception as exc:  # the journal keeps them; the next round or checkpoint retries
+        except Exception as exc:  # the journal keeps them; the next round retries
             log.warning("results conversion failed: %s", exc)
+            self._sealed_ended = -1  # retry even if nothing new ends meanwhile
         finally:
             self._converting = False
 

@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import struct
 import threading
@@ -94,7 +95,9 @@ def _default(o: Any) -> Any:
     return repr(o)
 
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_default)
+_encoder = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=_default, allow_nan=False
+)
 # orjson is ~7x faster than the standard library on records (the journal is on the submit path);
 # the standard library remains the fallback for what orjson refuses (huge ints, deep nesting).
 _OPTS = orjson.OPT_NON_STR_KEYS
@@ -114,9 +117,13 @@ def loads(data: bytes | str) -> Any:
 
 
 def _sanitize(v: Any, depth: int = 0) -> Any:
-    """A JSON-safe copy: keys become strings, cycles and very deep nesting become ``repr``."""
+    """A JSON-safe copy: keys become strings, cycles and very deep nesting become ``repr``,
+    NaN and infinities ``None`` (as orjson writes them: the standard library would write
+    ``NaN``, which no strict JSON reader, orjson included, reads back)."""
     if depth > 64:
         return repr(v)[:1000]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
     if isinstance(v, Mapping):
         return {str(k): _sanitize(x, depth + 1) for k, x in v.items()}
     if isinstance(v, (list, tuple, set, frozenset)):

@@ -35,12 +35,15 @@ fields by name, ``retrying: true`` and ``fc`` per record; ``task_from_record`` a
 
 from __future__ import annotations
 
+import logging
 import operator
 from collections.abc import Callable
 from typing import Any
 
 from raysched.models import TaskState
 from raysched.policy.task import Task
+
+log = logging.getLogger("raysched.store.records")
 
 __all__ = [
     "HOT_SPEC",
@@ -274,10 +277,17 @@ def replay_rows(
     fair: dict[str, float],
 ) -> tuple[int, int]:
     """Apply a ``rows`` record to ``tasks`` (new tasks are added); returns (rows applied, rows
-    skipped: changes to unknown tasks)."""
+    skipped: changes to unknown tasks, and rows this version cannot read, each with a log
+    line; the other rows of the record still apply)."""
     applied = skipped = 0
     states = _STATES
     marked: list[str] = []  # transitions: their retrying mark is this record's
+
+    def bad(row: Any, exc: object) -> None:
+        nonlocal skipped
+        skipped += 1
+        log.warning("recovery: skipping an unreadable journal row (%s): %.200r", exc, row)
+
     for rows_key, names_key, states_key in (("s", "sf", "ss"), ("f", "ff", "fs")):
         if rows_key not in rec:
             continue
@@ -287,31 +297,50 @@ def replay_rows(
         fresh = _setter(names, _SPEC_AND_STATE, False)
         again = _setter(names, _STATE_ONLY, True)
         for row, st in zip(rec[rows_key], rec[states_key], strict=True):
+            state = states.get(st)
+            if state is None or len(row) != len(names):
+                bad(row, f"state {st!r}" if state is None else "length")
+                continue
             tid = row[init[0]]
-            t = tasks.get(tid)
-            if t is None:
-                t = tasks[tid] = Task(*[row[i] for i in init])
-                fresh(t, row)
-            else:  # submitted again (a replayed submission), or ended: its state part
-                again(t, row)
-            t.state = states[st]
+            try:
+                t = tasks.get(tid)
+                if t is None:
+                    t = Task(*[row[i] for i in init])
+                    fresh(t, row)
+                    tasks[tid] = t
+                else:  # submitted again (a replayed submission), or ended: its state part
+                    again(t, row)
+            except (TypeError, ValueError, AttributeError) as exc:
+                bad(row, exc)
+                continue
+            t.state = state
             marked.append(tid)
             applied += 1
     if "t" in rec:
-        apply = _setter(rec["tf"], _STATE_ONLY, True)
+        names = rec["tf"]
+        apply = _setter(names, _STATE_ONLY, True)
         for row, st in zip(rec["t"], rec["ts"], strict=True):
+            state = states.get(st)
+            if state is None or len(row) != len(names):
+                bad(row, f"state {st!r}" if state is None else "length")
+                continue
             t = tasks.get(row[0])
             if t is None:
                 skipped += 1
                 continue
-            apply(t, row)
-            t.state = states[st]
+            try:
+                apply(t, row)
+            except (TypeError, ValueError, AttributeError) as exc:
+                bad(row, exc)
+                continue
+            t.state = state
             marked.append(t.id)
             applied += 1
     if "p" in rec:
-        apply = _setter(rec["pf"], _PROGRESS_ONLY, False)
+        names = rec["pf"]
+        apply = _setter(names, _PROGRESS_ONLY, False)
         for row in rec["p"]:
-            t = tasks.get(row[0])
+            t = tasks.get(row[0]) if len(row) == len(names) else None
             if t is None:
                 skipped += 1
                 continue

@@ -178,12 +178,22 @@ def convert_segments(job: ConvertJob) -> ConvertReport:
         for seg in job.segments:
             for batch in journal.replay_batches(seg, seg + 1):
                 for rec in batch:
-                    if rec.get("k") != "rows" or "f" not in rec:
+                    if not isinstance(rec, dict) or rec.get("k") != "rows" or "f" not in rec:
                         continue
-                    one = {"k": "rows", "sf": rec["ff"], "s": rec["f"], "ss": rec["fs"]}
                     fresh: dict[str, Task] = {}
-                    replay_rows(one, fresh, set(), {})
+                    try:
+                        one = {"k": "rows", "sf": rec["ff"], "s": rec["f"], "ss": rec["fs"]}
+                        replay_rows(one, fresh, set(), {})
+                    except (KeyError, TypeError, ValueError) as exc:
+                        log.error("results: skipping an unreadable journal record: %s", exc)
                     ended.extend(fresh.values())
+            if journal.replay_stats.damaged:  # recovery records these from the journal it reads
+                log.error(
+                    "results: journal segment %d is damaged (%s): its outcomes after the damage "
+                    "are not in the results files",
+                    seg,
+                    "; ".join(journal.replay_stats.damaged),
+                )
         if not ended:
             return ConvertReport(None, 0, os.getpid())
         now = job.now

@@ -205,3 +205,29 @@ def test_results_rows_from_tasks_match_outcome_of(
     fast = ResultsStore._to_table([(t, 7.0) for t in tasks])
     slow = ResultsStore._to_table([outcome_of(t, 7.0) for t in tasks])
     assert fast.equals(slow)
+
+
+def test_an_unreadable_row_is_skipped_alone() -> None:
+    """A row this version cannot read (a state it does not know, a short row) is skipped with
+    a log line; the record's other rows, retrying marks and fair-share counters still apply."""
+    tasks: dict[str, Task] = {}
+    src = []
+    for i in range(4):
+        t = Task(f"t{i}", 5, 1.0, i, 0, "acme", "batch", "echo", "default")
+        t.state = TaskState.QUEUED
+        src.append(t)
+    replay_rows(_through_json(rows_record(src, [], [], {}, [])), tasks, set(), {})
+    for t in src:
+        t.state, t.attempts = TaskState.RUNNING, 1
+    src[3].state = TaskState.FAILED
+    rec = _through_json(rows_record([], src, [], {"acme": 2.5}, ["t3"]))
+    rec["ts"][1] = "paused-by-a-newer-version"
+    rec["t"][2] = rec["t"][2][:3]
+    retrying: set[str] = set()
+    fair: dict[str, float] = {}
+    assert replay_rows(rec, tasks, retrying, fair) == (2, 2)
+    assert (tasks["t0"].state, tasks["t0"].attempts) == (TaskState.RUNNING, 1)
+    assert (tasks["t1"].state, tasks["t1"].attempts) == (TaskState.QUEUED, 0)  # untouched
+    assert (tasks["t2"].state, tasks["t2"].attempts) == (TaskState.QUEUED, 0)
+    assert tasks["t3"].state is TaskState.FAILED
+    assert retrying == {"t3"} and fair == {"acme": 2.5}

@@ -659,3 +659,24 @@ def test_a_failed_conversion_is_retried_with_the_same_segments(tmp_path: Path) -
     st2 = open_state(tmp_path, "priority", 5.0)
     assert st2.core.tasks["a"].result == 1 and st2.report.results_recorded == 0
     st2.close()
+
+
+def test_odd_values_in_one_drain_keep_the_journal_readable(tmp_path: Path) -> None:
+    """A result orjson refuses (an int over 64 bits) sends the drain's record through the
+    standard library encoder; a NaN elsewhere in it must still come out as strict JSON, or the
+    frame, and every acknowledged change after it in the segment, would be unreadable."""
+    st = open_state(tmp_path, "priority")
+    a, b = st.core.submit(mk("a"), 1.0), st.core.submit(mk("b"), 1.0)
+    st.core.dispatch(POOL, 2, 2.0)
+    st.recorder.commit_sync()
+    st.core.finish(a, 3.0, ok=True, result={"big": 2**70})
+    st.core.finish(b, 3.0, ok=True, result={"x": float("nan")})
+    st.recorder.commit_sync()  # one rows record for both outcomes
+    st.core.submit(mk("later"), 4.0)
+    st.recorder.commit_sync()
+    crash(st)
+    st2 = open_state(tmp_path, "priority", 5.0)
+    assert st2.report.damaged == [] and "later" in st2.core.tasks
+    assert st2.core.tasks["b"].state is S.SUCCEEDED and st2.core.tasks["b"].result == {"x": None}
+    assert st2.core.tasks["a"].state is S.SUCCEEDED
+    st2.close()

@@ -45,18 +45,21 @@ class Recorder:
         self.journal = journal
         #: Final outcomes drained so far (whole rows the results files are made from).
         self.ended = 0
-        self._dirty: dict[str, int] = {}
+        self._dirty: dict[Task, int] = {}
+        self._children: list[Task] = []  # new tasks with parents, since the last drain
         self._ticks: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
         core.lifecycle.watchers.append(self)
 
     def __call__(self, task: Task, created: bool) -> None:
         d = self._dirty
-        d[task.id] = d.get(task.id, 0) | (_NEW if created else _CHANGED)
+        d[task] = d.get(task, 0) | (_NEW if created else _CHANGED)
+        if created and task.depends_on:
+            self._children.append(task)
 
     def touch(self, t: Task) -> None:
         """``t``'s service, steps, quantum or level changed without a transition."""
         d = self._dirty
-        d[t.id] = d.get(t.id, 0) | _TOUCHED
+        d[t] = d.get(t, 0) | _TOUCHED
 
     @property
     def pending(self) -> int:
@@ -67,50 +70,41 @@ class Recorder:
         """The changes since the last drain as one ``rows`` record (``records.rows_record``;
         none if nothing changed)."""
         dirty, self._dirty = self._dirty, {}
+        children, self._children = self._children, []
         if not dirty:
             return []
         core = self.core
-        tasks, is_final = core.tasks, core.is_final
+        is_final = core.is_final
         terminal = _TERMINAL
-        raised = self._raised_parents(dirty)
-        if raised:
-            for tid in raised:
-                dirty[tid] = dirty.get(tid, 0) | _TOUCHED
+        if children:
+            for p in self._raised_parents(children):
+                dirty[p] = dirty.get(p, 0) | _TOUCHED
         new: list[Task] = []
         changed: list[Task] = []
         touched: list[Task] = []
         ended: list[Task] = []
         retrying: list[str] = []
-        for tid, flags in dirty.items():
-            t = tasks.get(tid)
-            if t is None:
-                continue
+        # Keyed by the task objects (the core never replaces one): no lookup by id per task.
+        for t, flags in dirty.items():
             if flags & (_NEW | _CHANGED):
                 if t.state in terminal:
                     if is_final(t):
                         ended.append(t)
                         continue
-                    retrying.append(tid)
+                    retrying.append(t.id)
                 (new if flags & _NEW else changed).append(t)
             else:
                 touched.append(t)
-        if not (new or changed or touched or ended):
-            return []
         self.ended += len(ended)
         return [rows_record(new, changed, touched, core.fair.counters, retrying, ended)]
 
-    def _raised_parents(self, dirty: dict[str, int]) -> list[str]:
+    def _raised_parents(self, children: list[Task]) -> list[Task]:
         """Live ancestors of new tasks: accepting a child raises its parents' ``depth`` (a
         scoring factor) without a transition."""
         tasks = self.core.tasks
-        out: list[str] = []
+        out: list[Task] = []
         seen: set[str] = set()
-        for tid, flags in dirty.items():
-            if not flags & _NEW:
-                continue
-            t = tasks.get(tid)
-            if t is None or not t.depends_on:
-                continue
+        for t in children:
             stack = list(t.depends_on)
             while stack:
                 pid = stack.pop()
@@ -120,7 +114,7 @@ class Recorder:
                 p = tasks.get(pid)
                 if p is None or p.state.terminal:
                     continue
-                out.append(pid)
+                out.append(p)
                 stack.extend(p.depends_on)
         return out
 

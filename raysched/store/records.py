@@ -14,13 +14,13 @@ encodes an Enum member about ten times slower than a str)::
     {"k": "rows", "n": rows,
      "sf": ROW_SUBMIT, "s": [[...], ...], "ss": ["queued", ...],
      "tf": ROW_STATE, "t": [[...], ...], "ts": [...],
-     "ff": ROW_SUBMIT, "f": [[...], ...], "fs": ["succeeded", ...],
+     "ff": ROW_FINAL, "f": [[...], ...], "fs": ["succeeded", ...],
      "pf": ROW_PROGRESS, "p": [[...], ...],
      "fc": {tenant: counter}, "retrying": [id, ...]}
 
 ``s`` is the first record of a task (its spec and state), ``t`` a transition (the full state),
-``f`` (``ff``, ``fs``: as ``s``) a final outcome, spec included, so that the results files can be
-made from the journal alone (``results.convert_segments``),
+``f`` (``ff``, ``fs``: as ``s``) a final outcome, spec included but not the payload, so that the
+results files can be made from the journal alone (``results.convert_segments``),
 ``p`` service, steps and level reported by a running task (or the depth of a parent whose new
 descendant raised it). A row ends with the task's ``__dict__``: the fields that differ from
 their class default (rare spec fields, timings, worker, error, result; ``Task`` keeps the payload
@@ -49,6 +49,7 @@ __all__ = [
     "HOT_SPEC",
     "PROGRESS_FIELDS",
     "RARE_SPEC",
+    "ROW_FINAL",
     "ROW_PROGRESS",
     "ROW_STATE",
     "ROW_SUBMIT",
@@ -186,10 +187,13 @@ ROW_SUBMIT: tuple[str, ...] = (
     *SLOT_STATE_FIELDS,
     "__dict__",
 )
+#: A final row: a submit row without the payload (a final task needs it no more).
+ROW_FINAL: tuple[str, ...] = tuple(n for n in ROW_SUBMIT if n != "payload")
 ROW_STATE: tuple[str, ...] = ("id", "enqueued_at", *SLOT_STATE_FIELDS, "__dict__")
 ROW_PROGRESS: tuple[str, ...] = ("id", *PROGRESS_FIELDS)
 assert all(n in _SLOTS for n in ROW_SUBMIT + ROW_PROGRESS), "a row reads slots and __dict__"
 _submit_row = operator.attrgetter(*ROW_SUBMIT)
+_final_row = operator.attrgetter(*ROW_FINAL)
 _state_row = operator.attrgetter(*ROW_STATE)
 _progress_row = operator.attrgetter(*ROW_PROGRESS)
 
@@ -221,8 +225,8 @@ def rows_record(
         rec["pf"] = ROW_PROGRESS
         rec["p"] = list(map(_progress_row, touched))
     if ended:
-        rec["ff"] = ROW_SUBMIT
-        rec["f"] = list(map(_submit_row, ended))
+        rec["ff"] = ROW_FINAL
+        rec["f"] = list(map(_final_row, ended))
         rec["fs"] = [value[t.state] for t in ended]
     tenants = {t.tenant for t in new}
     tenants.update(t.tenant for t in changed)

@@ -116,6 +116,12 @@ def test_rows_bring_back_every_field(
     assert replay_rows(rec, tasks, retrying, fair) == (1, 0)
     _same(back, t, ("id", *_FIELDS, *_STATE))
     assert retrying == set()
+    # a final row (as for an outcome) makes the whole task but its payload, on its own too
+    alone: dict[str, Task] = {}
+    rec = _through_json(rows_record([], [], [], counters, [], [t]))
+    assert replay_rows(rec, alone, set(), {}) == (1, 0)
+    _same(alone["t1"], t, ("id", *(n for n in _FIELDS if n != "payload"), *_STATE))
+    assert alone["t1"].payload is None
     # progress: service and level only
     t.steps, t.service_s, t.level = t.steps + 1, t.service_s + 0.5, t.level + 1
     rec = _through_json(rows_record([], [], [t], counters, []))

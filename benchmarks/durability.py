@@ -59,10 +59,19 @@ def ready(c: Client, n: int) -> None:
         time.sleep(0.05)
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far, all its threads (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(mode: str, n: int, state: str) -> dict[str, float]:
     c = make(mode, state, PoolSettings(min_workers=2, max_workers=2, slots=512))
     try:
         ready(c, 2)
+        h = ray.get_actor(c.settings.actor_name, namespace=c.settings.namespace)
+        pid = int(ray.get(h.pid.remote()))
+        cpu0 = _cpu_s(pid)
         chunk = 2000
         t0 = time.perf_counter()
         for i in range(0, n, chunk):
@@ -72,8 +81,13 @@ def throughput(mode: str, n: int, state: str) -> dict[str, float]:
         while c.progress()["completed"] < n:
             time.sleep(0.005)
         rate = n / (time.perf_counter() - t0)
+        cpu_us = 1e6 * (_cpu_s(pid) - cpu0) / n
         store = c.stats().get("store") or {}
-        return {"per_s": rate, "journal_bytes_per_task": store.get("journal_bytes", 0) / n}
+        return {
+            "per_s": rate,
+            "journal_bytes_per_task": store.get("journal_bytes", 0) / n,
+            "actor_cpu_us": cpu_us,
+        }
     finally:
         c.shutdown()
 
@@ -175,19 +189,29 @@ def render(a: argparse.Namespace, res: dict[str, Any]) -> str:
         f"No-op tasks, {a.tasks:,} per run, batched submission (2,000 per call), 2 workers x 512 "
         "slots; median of the rounds and every round:",
         "",
-        "| store | tasks/s (median) | rounds | vs in-memory | journal B/task |",
-        "|---|---:|---|---:|---:|",
+        "| store | tasks/s (median) | rounds | vs in-memory | journal B/task "
+        "| scheduler CPU µs/task (median) | vs in-memory |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
+    mem_cpu = statistics.median(res["actor_cpu_us"]["memory"])
     for m in MODES:
         xs = res["throughput"][m]
         med = statistics.median(xs)
         jb = statistics.median(res["journal_bytes"][m]) if m != "memory" else 0.0
+        cpu = statistics.median(res["actor_cpu_us"][m])
         lines.append(
             f"| {m if m != 'memory' else 'in memory (store off)'} | {med:,.0f} | "
             f"{', '.join(f'{x:,.0f}' for x in xs)} | "
             f"{'-' if m == 'memory' else f'{100 * (med / mem - 1):+.1f}%'} | "
-            f"{'-' if m == 'memory' else f'{jb:.0f}'} |"
+            f"{'-' if m == 'memory' else f'{jb:.0f}'} | {cpu:.1f} | "
+            f"{'-' if m == 'memory' else f'{cpu - mem_cpu:+.1f}'} |"
         )
+    lines += [
+        "",
+        "Scheduler CPU: user + system seconds of the scheduler actor's process (all its "
+        "threads, from `/proc`) over the run, per task; the results converter runs in a "
+        "process of its own and is not included.",
+    ]
     lines += [
         "",
         "1,000 concurrent submitters, one task per call (each acknowledgement waits for the "
@@ -258,6 +282,7 @@ def main() -> None:
         "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "throughput": {m: [] for m in MODES},
         "journal_bytes": {m: [] for m in MODES},
+        "actor_cpu_us": {m: [] for m in MODES},
         "acks": {},
         "restart": [],
         "large": {},
@@ -270,7 +295,12 @@ def main() -> None:
                 t = throughput(m, a.tasks, state)
                 res["throughput"][m].append(t["per_s"])
                 res["journal_bytes"][m].append(t["journal_bytes_per_task"])
-                print(f"round {r} {m}: {t['per_s']:,.0f} tasks/s", flush=True)
+                res["actor_cpu_us"][m].append(t["actor_cpu_us"])
+                print(
+                    f"round {r} {m}: {t['per_s']:,.0f} tasks/s, "
+                    f"scheduler {t['actor_cpu_us']:.1f} µs/task",
+                    flush=True,
+                )
         for m in MODES:
             res["acks"][m] = acks(m, a.acks, state)
             print(f"acks {m}: {res['acks'][m]}", flush=True)

@@ -147,6 +147,37 @@ def test_worker_actors_killed_at_random(make_client: Make) -> None:
     assert any(int(r["attempts"]) > 1 for r in rows)  # type: ignore[call-overload]
 
 
+def _converted(c: Client, rows: int, timeout: float = 60.0) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        conv: dict[str, int] = c.stats()["store"]["results_converted"]
+        if conv["rows"] >= rows or time.monotonic() > deadline:
+            return conv
+        time.sleep(0.2)
+
+
+def test_results_converter_killed(make_client: Make) -> None:
+    """The process that makes results files from the journal is SIGKILLed: Ray starts it again,
+    the next conversion takes the outcomes the lost one would have, and the results files still
+    hold every task exactly once."""
+    c = make_client(
+        pools=[PoolSettings(min_workers=2, max_workers=2, slots=8)],
+        store={"results_flush_s": 0.5},
+    )
+    wait_ready(c, 2)
+    ids = c.submit_batch(_specs("c", 0, 200, tokens=2))
+    _wait_done(c, 200, timeout=60)
+    conv = _converted(c, 200)
+    assert conv["rows"] >= 200, conv
+    os.kill(conv["pid"], signal.SIGKILL)
+    ids += c.submit_batch(_specs("c", 200, 400, tokens=2))
+    _wait_done(c, 400, timeout=60)
+    _check_exactly_once(c, ids)
+    after = _converted(c, 400)
+    assert after["rows"] >= 400 and after["pid"] not in (0, conv["pid"]), after
+    assert c.stats()["store"]["error"] is None
+
+
 def _worker_names(c: Client) -> set[str]:
     return {
         a["name"]

@@ -391,7 +391,6 @@ class SchedulerService:
         process where a converter is set up, see ``RecoveredState.convert``)."""
         assert self.store is not None
         try:
-            await asyncio.to_thread(self.store.results.flush)  # recovery's, if still buffered
             await asyncio.to_thread(self.store.convert_results, upto)
         except Exception as exc:  # the journal keeps them; the next round retries
             log.warning("results conversion failed: %s", exc)

@@ -8,9 +8,9 @@ its parent, a retry released by ``tick``) marks the task dirty; changes that are
 ``drain`` builds one row per dirty task from its *current* state (several changes between two
 drains cost one row; the rows of a drain make one ``rows`` record, see ``records``); a task that
 ended gets a whole row, from which the results files are made later (``results``, off the
-scheduler's process). ``commit`` waits until
-the journal has everything changed so far (await it before acknowledging a submission or a
-cancel); ``flush`` drains without waiting (after dispatch, worker reports and ticks)."""
+scheduler's process). ``commit`` waits until the journal has everything changed so far (await
+it before acknowledging a submission or a cancel); ``flush`` drains without waiting (after
+dispatch, worker reports and ticks)."""
 
 from __future__ import annotations
 

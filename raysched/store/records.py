@@ -8,7 +8,7 @@ snapshot already covers, changes nothing.
 The recorder writes one ``rows`` record per drain: a list of positional rows per kind, each row
 read from the task by one ``operator.attrgetter`` (C code, no per-field Python), the field names
 once per record. Building and encoding it is on the scheduler's submit and report paths, and costs
-about half of what per-task dicts did. States travel as a parallel list of their values (orjson
+less than a dict per change did. States travel as a parallel list of their values (orjson
 encodes an Enum member about ten times slower than a str)::
 
     {"k": "rows", "n": rows,
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from raysched.models import TaskState
@@ -105,7 +105,6 @@ STATE_FIELDS: tuple[tuple[str, Any], ...] = (
     ("boosted_from", None),
 )
 PROGRESS_FIELDS: tuple[str, ...] = ("steps", "service_s", "quantum_used", "level", "depth")
-KINDS = frozenset({"submit", "start", "progress", "requeue", "retry", "finish", "cancel", "state"})
 
 _STATES = {s.value: s for s in TaskState}
 _VALUE = {s: s.value for s in TaskState}
@@ -199,12 +198,12 @@ _progress_row = operator.attrgetter(*ROW_PROGRESS)
 
 
 def rows_record(
-    new: list[Task],
-    changed: list[Task],
-    touched: list[Task],
+    new: Sequence[Task],
+    changed: Sequence[Task],
+    touched: Sequence[Task],
     counters: dict[str, float],
     retrying: list[str],
-    ended: list[Task] = (),  # type: ignore[assignment]
+    ended: Sequence[Task] = (),
 ) -> dict[str, Any]:
     """One drain's changes as a ``rows`` record: ``new`` tasks (first record), ``changed`` (a
     transition), ``touched`` (progress only), ``ended`` (a final outcome, new or not: written
@@ -292,12 +291,16 @@ def replay_rows(
         skipped += 1
         log.warning("recovery: skipping an unreadable journal row (%s): %.200r", exc, row)
 
-    for rows_key, names_key, states_key in (("s", "sf", "ss"), ("f", "ff", "fs")):
+    # s and f rows make a task they do not find (the first record of it); t rows need one
+    for rows_key, names_key, states_key, make in (
+        ("s", "sf", "ss", True),
+        ("f", "ff", "fs", True),
+        ("t", "tf", "ts", False),
+    ):
         if rows_key not in rec:
             continue
         names = rec[names_key]
-        ix = {n: i for i, n in enumerate(names)}
-        init = [ix[n] for n in _INIT_NAMES]
+        init = [names.index(n) for n in _INIT_NAMES] if make else [names.index("id")]
         fresh = _setter(names, _SPEC_AND_STATE, False)
         again = _setter(names, _STATE_ONLY, True)
         for row, st in zip(rec[rows_key], rec[states_key], strict=True):
@@ -306,39 +309,22 @@ def replay_rows(
                 bad(row, f"state {st!r}" if state is None else "length")
                 continue
             tid = row[init[0]]
+            t = tasks.get(tid)
+            if t is None and not make:
+                skipped += 1
+                continue
             try:
-                t = tasks.get(tid)
                 if t is None:
                     t = Task(*[row[i] for i in init])
                     fresh(t, row)
                     tasks[tid] = t
-                else:  # submitted again (a replayed submission), or ended: its state part
+                else:  # a transition, a replayed submission, an outcome: the state part
                     again(t, row)
             except (TypeError, ValueError, AttributeError) as exc:
                 bad(row, exc)
                 continue
             t.state = state
             marked.append(tid)
-            applied += 1
-    if "t" in rec:
-        names = rec["tf"]
-        apply = _setter(names, _STATE_ONLY, True)
-        for row, st in zip(rec["t"], rec["ts"], strict=True):
-            state = states.get(st)
-            if state is None or len(row) != len(names):
-                bad(row, f"state {st!r}" if state is None else "length")
-                continue
-            t = tasks.get(row[0])
-            if t is None:
-                skipped += 1
-                continue
-            try:
-                apply(t, row)
-            except (TypeError, ValueError, AttributeError) as exc:
-                bad(row, exc)
-                continue
-            t.state = state
-            marked.append(t.id)
             applied += 1
     if "p" in rec:
         names = rec["pf"]

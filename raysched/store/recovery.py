@@ -89,7 +89,7 @@ class RecoveredState:
     #: ``finish_checkpoint`` merges the result files once there are more than this many.
     compact_results_after: int = 64
     #: Runs a ``ConvertJob`` (results files from journal segments). In-process by default; the
-    #: scheduler actor passes one that runs it as a Ray task on its node.
+    #: scheduler actor passes one that runs it on a converter actor on its node.
     convert: Callable[[ConvertJob], ConvertReport] = convert_segments
     #: The first journal segment whose outcomes are not in the results files yet.
     converted_upto: int = 0

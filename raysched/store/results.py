@@ -3,8 +3,8 @@ Parquet under ``<state_dir>/results/``, readable after a restart.
 
 Where the rows come from. The journal has every final outcome whole (``records``: ``f`` rows),
 so ``convert_segments`` makes a results file from sealed journal segments. The scheduler runs it
-every ``store.results_flush_s`` and before each checkpoint drops segments, in a Ray task on its
-node: reading, decoding and converting outcomes is work the scheduler's own process would
+every ``store.results_flush_s`` and before each checkpoint drops segments, on a converter actor
+on its node: reading, decoding and converting outcomes is work the scheduler's own process would
 otherwise do for every task (about 5 µs each). ``add``/``add_tasks`` + ``flush`` write outcomes
 held in memory (recovery, tools) one file per flush.
 
@@ -152,7 +152,7 @@ def write_part(sd: StateDir, number: int, table: pa.Table) -> str:
 class ConvertJob:
     """Make results part ``part`` from the final outcomes in journal segments ``segments``
     (sealed: nothing is appended to them any more), in their order. ``root``/``filesystem``:
-    the state directory (``StateDir.root``, ``StateDir.fs``); picklable, for a Ray task."""
+    the state directory (``StateDir.root``, ``StateDir.fs``); picklable, for the converter actor."""
 
     journal_dir: str
     segments: tuple[int, ...]
@@ -279,15 +279,11 @@ class ResultsStore:
             if not rows:
                 return None
             try:
-                table = self._to_table(rows)
-                if self._next_part is None:
-                    self._next_part = self._scan_next_part()
-                name = write_part(self.dir, self._next_part, table)
+                name = write_part(self.dir, self._take_part(), self._to_table(rows))
             except BaseException:
                 with self._lock:
                     self._buffer[:0] = rows
                 raise
-            self._next_part += 1
             self.files_written += 1
             return name
 
@@ -295,11 +291,15 @@ class ResultsStore:
         """A part number for a file written elsewhere (``convert_segments``): later than every
         part written so far, never handed out twice."""
         with self._flush_lock:
-            if self._next_part is None:
-                self._next_part = self._scan_next_part()
-            n = self._next_part
-            self._next_part += 1
-            return n
+            return self._take_part()
+
+    def _take_part(self) -> int:  # holds self._flush_lock
+        """The next part number (a failed write leaves a gap, which readers do not mind)."""
+        if self._next_part is None:
+            self._next_part = self._scan_next_part()
+        n = self._next_part
+        self._next_part += 1
+        return n
 
     def _scan_next_part(self) -> int:
         nums = [n for n in map(_part_no, self.dir.listdir(FOLDER)) if n is not None]
@@ -325,12 +325,9 @@ class ResultsStore:
         if len(parts) <= 1:
             return int(table.num_rows)
         with self._flush_lock:
-            if self._next_part is None:
-                self._next_part = self._scan_next_part()
             # The merged part takes a fresh, highest number: until the old parts are deleted they
             # read first and hold the same first outcomes, so a crash in between changes nothing.
-            write_part(self.dir, self._next_part, table)
-            self._next_part += 1
+            write_part(self.dir, self._take_part(), table)
             for p in parts:
                 self.dir.delete(FOLDER, p)
         return int(table.num_rows)

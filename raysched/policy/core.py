@@ -397,7 +397,9 @@ class SchedulerCore:
         t.finished_at = now
         if ok:
             t.result = result
-            t.error = t.error_type = None
+            d = t.__dict__  # back to the class default (None) without storing it per task
+            d.pop("error", None)
+            d.pop("error_type", None)
             self.lifecycle.move(t, S.SUCCEEDED, now, "done")
             self._retire(t)
             changed: list[Task] = []

@@ -10,7 +10,7 @@ from raysched.errors import InvalidTransition
 from raysched.models import AuditEvent, TaskState
 from raysched.policy.task import Task
 
-__all__ = ["ALLOWED", "AuditHook", "ChangeWatcher", "Lifecycle", "LogAudit"]
+__all__ = ["ALLOWED", "CHANGED", "CREATED", "AuditHook", "Lifecycle", "LogAudit"]
 
 S = TaskState
 ALLOWED: dict[TaskState, frozenset[TaskState]] = {
@@ -30,11 +30,9 @@ class AuditHook(Protocol):
     def __call__(self, event: AuditEvent) -> None: ...
 
 
-class ChangeWatcher(Protocol):
-    """Told of every task that entered the machine (``created``) or changed state, without an
-    event object being built: the cheap hook the journal's recorder uses."""
-
-    def __call__(self, task: Task, created: bool) -> None: ...
+#: Marks in ``Lifecycle.changes``: the task entered the machine / changed state since the log's
+#: owner last took it.
+CREATED, CHANGED = 1, 2
 
 
 class LogAudit:
@@ -58,7 +56,9 @@ class Lifecycle:
         self, hooks: list[AuditHook] | None = None, on_refused: Callable[[str], None] | None = None
     ):
         self.hooks: list[AuditHook] = list(hooks or [])
-        self.watchers: list[ChangeWatcher] = []
+        #: A change log (task -> ``CREATED`` or ``CHANGED``) the journal's recorder installs and
+        #: empties: cheaper than any hook, no call and no event object per transition.
+        self.changes: dict[Task, int] | None = None
         self._on_refused = on_refused
 
     def move(self, task: Task, dst: TaskState, now: float, reason: str = "") -> None:
@@ -73,9 +73,8 @@ class Lifecycle:
             event = AuditEvent(task_id=task.id, src=src, dst=dst, at=now, reason=reason)
             for hook in self.hooks:
                 hook(event)
-        if self.watchers:
-            for w in self.watchers:
-                w(task, False)
+        if self.changes is not None:
+            self.changes.setdefault(task, CHANGED)  # CREATED stays
 
     def created(self, task: Task, now: float, reason: str = "submitted") -> None:
         """The birth event: a task enters the machine in ``pending``."""
@@ -83,6 +82,5 @@ class Lifecycle:
             event = AuditEvent(task_id=task.id, src=None, dst=task.state, at=now, reason=reason)
             for hook in self.hooks:
                 hook(event)
-        if self.watchers:
-            for w in self.watchers:
-                w(task, True)
+        if self.changes is not None:
+            self.changes[task] = CREATED

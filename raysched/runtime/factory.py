@@ -5,6 +5,7 @@ the registry (clients find it by name) and, with one name, the leader election."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -349,7 +350,12 @@ class _ResultsConverter:
     """Makes results files from journal segments (``convert_segments``) in a process of its own,
     so that decoding and converting outcomes costs the scheduler's process nothing. An actor
     rather than a task: a task's worker process may be reaped when idle and started again
-    (importing pyarrow) at the next conversion."""
+    (importing pyarrow) at the next conversion. It runs niced: background work that should
+    not take a core from the scheduler when the node is busy."""
+
+    def __init__(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # not permitted / not POSIX: as is
+            os.nice(10)
 
     def convert(self, job: ConvertJob) -> ConvertReport:
         return convert_segments(job)

@@ -109,6 +109,8 @@ class SchedulerService:
         self.recorder = store.recorder if store is not None else None
         if store is not None:
             self.core = store.core
+            store.recorder.hold_starts_s = settings.store.hold_starts_s
+            store.recorder.clock = clock  # the clock of the core's ``now`` (``started_at``)
         else:
             self.core = SchedulerCore(
                 settings.policy, pools=[p.name for p in settings.pools], on_refused=log.warning

@@ -1,24 +1,30 @@
 """The recorder: turns the policy core's state changes into journal records, so the scheduler does
 not have to name every change at every call site.
 
-It is a lifecycle watcher (``Lifecycle.watchers``: cheaper than an audit hook, no event object is
-built). Every transition (submission, start, preemption, retry, finish, cancel, a child failed by
-its parent, a retry released by ``tick``) marks the task dirty; changes that are not transitions
-(service and steps reported by a running task, a level demotion) are marked with ``touch``.
-``drain`` builds one row per dirty task from its *current* state (several changes between two
-drains cost one row; the rows of a drain make one ``rows`` record, see ``records``); a task that
-ended gets a whole row, from which the results files are made later (``results``, off the
-scheduler's process). ``commit`` waits until the journal has everything changed so far (await
+It installs itself as the lifecycle's change log (``Lifecycle.changes``: no call and no event
+object per transition). Every transition (submission, start, preemption, retry, finish, cancel, a
+child failed by its parent, a retry released by ``tick``) marks the task there; changes that are
+not transitions (service and steps reported by a running task, a level demotion) are marked with
+``touch``. A start is held back for ``hold_starts_s``: most short tasks then end before their start
+is drained, and one outcome row says both. ``drain`` builds one row per dirty task from its
+*current* state (several changes between two drains cost one row; the rows of a drain make one
+``rows`` record, see ``records``); a task that ended gets a whole row, or a state row if its first
+row is in the same journal segment: the results files are made from them later (``results``, off
+the scheduler's process). ``commit`` waits until the journal has everything changed so far (await
 it before acknowledging a submission or a cancel); ``flush`` drains without waiting (after
 dispatch, worker reports and ticks)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from raysched.models import TaskState
+from raysched.policy.lifecycle import CREATED
 from raysched.policy.task import Task
 from raysched.store.journal import Journal, settle_future
 from raysched.store.pause import paused_gc
@@ -29,74 +35,133 @@ if TYPE_CHECKING:
 
 __all__ = ["Recorder"]
 
-_NEW, _CHANGED, _TOUCHED = 1, 2, 4
 _TERMINAL = frozenset(s for s in TaskState if s.terminal)
 
 
 class Recorder:
-    """Installs itself as a lifecycle watcher of ``core``."""
+    """Installs itself as the change log of ``core``'s lifecycle."""
 
     def __init__(
         self,
         core: SchedulerCore,
         journal: Journal,
+        *,
+        hold_starts_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.core = core
         self.journal = journal
+        #: A start is drained only once the task has run this long (by ``clock``, the clock the
+        #: core's ``now`` comes from): a task that ends sooner costs no start row, its outcome
+        #: row says everything. 0 drains every start at the next drain.
+        self.hold_starts_s = hold_starts_s
+        self.clock = clock
         #: Final outcomes drained so far (whole rows the results files are made from).
         self.ended = 0
-        self._dirty: dict[Task, int] = {}
-        self._children: list[Task] = []  # new tasks with parents, since the last drain
+        # Transitions, filled by the lifecycle (task -> CREATED | CHANGED); keyed by the task
+        # objects (the core never replaces one): no lookup by id per task.
+        self._changes: dict[Task, int] = {}
+        self._touched: set[Task] = set()
+        # Held-back starts (task -> its marks), and the order they were held in.
+        self._held: dict[Task, int] = {}
+        self._held_order: deque[Task] = deque()
+        # Tasks whose ``s`` row went to journal segment ``_segment``: their outcome there is a
+        # state row (``records``, kind ``e``); the results files take the spec from the ``s`` row.
+        self._segment = -1
+        self._in_segment: set[Task] = set()
         self._ticks: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
-        core.lifecycle.watchers.append(self)
-
-    def __call__(self, task: Task, created: bool) -> None:
-        d = self._dirty
-        d[task] = d.get(task, 0) | (_NEW if created else _CHANGED)
-        if created and task.depends_on:
-            self._children.append(task)
+        core.lifecycle.changes = self._changes
 
     def touch(self, t: Task) -> None:
         """``t``'s service, steps, quantum or level changed without a transition."""
-        d = self._dirty
-        d[t] = d.get(t, 0) | _TOUCHED
+        self._touched.add(t)
 
     @property
     def pending(self) -> int:
-        """Tasks with changes not yet drained."""
-        return len(self._dirty)
+        """Tasks with changes not yet drained (held-back starts included)."""
+        return len(self._changes) + len(self._touched) + len(self._held)
 
-    def drain(self) -> list[dict[str, Any]]:
+    def drain(self, everything: bool = False) -> list[dict[str, Any]]:
         """The changes since the last drain as one ``rows`` record (``records.rows_record``;
-        none if nothing changed)."""
-        dirty, self._dirty = self._dirty, {}
-        children, self._children = self._children, []
-        if not dirty:
+        none if nothing changed). Running tasks that started less than ``hold_starts_s`` ago
+        stay back for a later drain, unless ``everything``."""
+        changes = self._changes
+        held = self._held
+        if not (changes or self._touched or held):
             return []
+        dirty = changes.copy()  # the lifecycle keeps filling the same dict
+        changes.clear()
+        touched, self._touched = self._touched, set()
         core = self.core
         is_final = core.is_final
         terminal = _TERMINAL
-        if children:
-            for p in self._raised_parents(children):
-                dirty[p] = dirty.get(p, 0) | _TOUCHED
         new: list[Task] = []
         changed: list[Task] = []
-        touched: list[Task] = []
         ended: list[Task] = []
         retrying: list[str] = []
-        # Keyed by the task objects (the core never replaces one): no lookup by id per task.
-        for t, flags in dirty.items():
-            if flags & (_NEW | _CHANGED):
-                if t.state in terminal:
-                    if is_final(t):
-                        ended.append(t)
-                        continue
-                    retrying.append(t.id)
-                (new if flags & _NEW else changed).append(t)
-            else:
-                touched.append(t)
+        children: list[Task] = []
+        hold = self.hold_starts_s > 0 and not everything
+        young = self.clock() - self.hold_starts_s if hold else 0.0
+        running = TaskState.RUNNING
+        order = self._held_order
+        for t, mark in dirty.items():
+            if held:
+                mark |= held.pop(t, 0)
+            if mark & CREATED:
+                if t.depends_on:
+                    children.append(t)
+            elif hold and t.state is running and t.started_at > young:
+                held[t] = mark  # a new task is always written: it was acknowledged
+                order.append(t)
+                continue
+            if t.state in terminal:
+                if is_final(t):
+                    ended.append(t)
+                    continue
+                retrying.append(t.id)
+            (new if mark & CREATED else changed).append(t)
+        # starts held long enough (or all, for ``everything``); ``order`` may name a task that
+        # changed since (popped from ``held`` above) or was held again (named twice)
+        while order:
+            t = order[0]
+            if hold and t.started_at > young and t in held:
+                break
+            order.popleft()
+            if held.pop(t, 0):
+                changed.append(t)
+        if children:
+            touched.update(self._raised_parents(children))
+        if touched:
+            touched.difference_update(new)
+            touched.difference_update(changed)
+            touched.difference_update(ended)
+            touched.difference_update(held)
+        if not (new or changed or touched or ended):
+            return []
         self.ended += len(ended)
-        return [rows_record(new, changed, touched, core.fair.counters, retrying, ended)]
+        # the record goes to the journal's current segment (drains and rotations happen on one
+        # thread, and an append queues behind any rotation)
+        segment = self.journal.segment
+        here = self._in_segment
+        if segment != self._segment:
+            here.clear()
+            self._segment = segment
+        ended_here: list[Task] = []
+        if here and ended:
+            whole: list[Task] = []
+            for t in ended:
+                if t in here:
+                    here.discard(t)
+                    ended_here.append(t)
+                else:
+                    whole.append(t)
+            ended = whole
+        here.update(new)
+        return [
+            rows_record(
+                new, changed, list(touched), core.fair.counters, retrying, ended, ended_here
+            )
+        ]
 
     def _raised_parents(self, children: list[Task]) -> list[Task]:
         """Live ancestors of new tasks: accepting a child raises its parents' ``depth`` (a
@@ -118,10 +183,11 @@ class Recorder:
                 stack.extend(p.depends_on)
         return out
 
-    def flush(self) -> Future[None]:
-        """Drain into the journal without waiting (the future resolves when written)."""
+    def flush(self, everything: bool = False) -> Future[None]:
+        """Drain into the journal without waiting (the future resolves when written);
+        ``everything``: held-back starts too (see ``drain``)."""
         with paused_gc():  # thousands of rows at once: see ``pause``
-            return self.journal.append_nowait(self.drain())
+            return self.journal.append_nowait(self.drain(everything))
 
     async def commit(self) -> None:
         """Wait until every change made so far is written per the sync policy: call before
@@ -141,14 +207,16 @@ class Recorder:
         except BaseException as exc:
             fut.set_exception(exc)
             return
-        done.add_done_callback(lambda f: loop.call_soon_threadsafe(settle_future, f, fut))
+        if done.done():  # written in this thread (see ``Journal``): no hop through the loop
+            settle_future(done, fut)
+        else:
+            done.add_done_callback(lambda f: loop.call_soon_threadsafe(settle_future, f, fut))
 
     def commit_sync(self) -> None:
         """``commit`` for threads that are not an event loop (tests, benchmarks, recovery)."""
         self.journal.append_many(self.drain())
 
     def detach(self) -> None:
-        """Stop recording (removes the watcher)."""
-        watchers = self.core.lifecycle.watchers
-        if self in watchers:
-            watchers.remove(self)
+        """Stop recording (the lifecycle keeps no change log)."""
+        if self.core.lifecycle.changes is self._changes:
+            self.core.lifecycle.changes = None

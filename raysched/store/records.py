@@ -15,12 +15,17 @@ encodes an Enum member about ten times slower than a str)::
      "sf": ROW_SUBMIT, "s": [[...], ...], "ss": ["queued", ...],
      "tf": ROW_STATE, "t": [[...], ...], "ts": [...],
      "ff": ROW_FINAL, "f": [[...], ...], "fs": ["succeeded", ...],
+     "ef": ROW_END, "e": [[...], ...], "es": ["succeeded", ...],
      "pf": ROW_PROGRESS, "p": [[...], ...],
      "fc": {tenant: counter}, "retrying": [id, ...]}
 
 ``s`` is the first record of a task (its spec and state), ``t`` a transition (the full state),
 ``f`` (``ff``, ``fs``: as ``s``) a final outcome, spec included but not the payload, so that the
-results files can be made from the journal alone (``results.convert_segments``),
+results files can be made from the journal alone (``results.convert_segments``), ``e`` a final
+outcome whose task's ``s`` row is in the same journal segment: only what an ended task still
+needs besides its spec (level, attempts, service, steps and the dict: timings, worker, result,
+error); the results files take the spec from the ``s`` row (most tasks end in the segment they
+were submitted in, and this row is a third of an ``f`` row),
 ``p`` service, steps and level reported by a running task (or the depth of a parent whose new
 descendant raised it). A row ends with the task's ``__dict__``: the fields that differ from
 their class default (rare spec fields, timings, worker, error, result; ``Task`` keeps the payload
@@ -49,6 +54,7 @@ __all__ = [
     "HOT_SPEC",
     "PROGRESS_FIELDS",
     "RARE_SPEC",
+    "ROW_END",
     "ROW_FINAL",
     "ROW_PROGRESS",
     "ROW_STATE",
@@ -189,11 +195,14 @@ ROW_SUBMIT: tuple[str, ...] = (
 #: A final row: a submit row without the payload (a final task needs it no more).
 ROW_FINAL: tuple[str, ...] = tuple(n for n in ROW_SUBMIT if n != "payload")
 ROW_STATE: tuple[str, ...] = ("id", "enqueued_at", *SLOT_STATE_FIELDS, "__dict__")
+#: An outcome whose ``s`` row is in the same segment: what a final task still uses.
+ROW_END: tuple[str, ...] = ("id", "level", "attempts", "service_s", "steps", "__dict__")
 ROW_PROGRESS: tuple[str, ...] = ("id", *PROGRESS_FIELDS)
 assert all(n in _SLOTS for n in ROW_SUBMIT + ROW_PROGRESS), "a row reads slots and __dict__"
 _submit_row = operator.attrgetter(*ROW_SUBMIT)
 _final_row = operator.attrgetter(*ROW_FINAL)
 _state_row = operator.attrgetter(*ROW_STATE)
+_end_row = operator.attrgetter(*ROW_END)
 _progress_row = operator.attrgetter(*ROW_PROGRESS)
 
 
@@ -204,14 +213,19 @@ def rows_record(
     counters: dict[str, float],
     retrying: list[str],
     ended: Sequence[Task] = (),
+    ended_here: Sequence[Task] = (),
 ) -> dict[str, Any]:
     """One drain's changes as a ``rows`` record: ``new`` tasks (first record), ``changed`` (a
     transition), ``touched`` (progress only), ``ended`` (a final outcome, new or not: written
-    whole, so the results files can be made from the journal alone); ``counters``: the
-    fair-share counters by tenant; ``retrying``: ids of the failed or timed-out tasks among them
-    that will be retried."""
+    whole, so the results files can be made from the journal alone), ``ended_here`` (a final
+    outcome of a task whose ``s`` row is in the segment this record goes to: a state row);
+    ``counters``: the fair-share counters by tenant; ``retrying``: ids of the failed or
+    timed-out tasks among them that will be retried."""
     value = _VALUE
-    rec: dict[str, Any] = {"k": "rows", "n": len(new) + len(changed) + len(touched) + len(ended)}
+    rec: dict[str, Any] = {
+        "k": "rows",
+        "n": len(new) + len(changed) + len(touched) + len(ended) + len(ended_here),
+    }
     if new:
         rec["sf"] = ROW_SUBMIT
         rec["s"] = list(map(_submit_row, new))
@@ -227,10 +241,15 @@ def rows_record(
         rec["ff"] = ROW_FINAL
         rec["f"] = list(map(_final_row, ended))
         rec["fs"] = [value[t.state] for t in ended]
+    if ended_here:
+        rec["ef"] = ROW_END
+        rec["e"] = list(map(_end_row, ended_here))
+        rec["es"] = [value[t.state] for t in ended_here]
     tenants = {t.tenant for t in new}
     tenants.update(t.tenant for t in changed)
     tenants.update(t.tenant for t in touched)
     tenants.update(t.tenant for t in ended)
+    tenants.update(t.tenant for t in ended_here)
     fc = {n: v for n in tenants if (v := counters.get(n))}
     if fc:
         rec["fc"] = fc
@@ -291,11 +310,12 @@ def replay_rows(
         skipped += 1
         log.warning("recovery: skipping an unreadable journal row (%s): %.200r", exc, row)
 
-    # s and f rows make a task they do not find (the first record of it); t rows need one
+    # s and f rows make a task they do not find (the first record of it); t and e rows need one
     for rows_key, names_key, states_key, make in (
         ("s", "sf", "ss", True),
         ("f", "ff", "fs", True),
         ("t", "tf", "ts", False),
+        ("e", "ef", "es", False),
     ):
         if rows_key not in rec:
             continue

@@ -167,7 +167,7 @@ class RecoveredState:
         """Journal what is pending, close the journal, flush the results held in memory (the
         outcomes in the journal go to the results files at the next start's recovery or
         checkpoint)."""
-        self.recorder.flush()
+        self.recorder.flush(everything=True)
         self.journal.close()
         self.results.flush()
 

@@ -122,6 +122,13 @@ def test_rows_bring_back_every_field(
     assert replay_rows(rec, alone, set(), {}) == (1, 0)
     _same(alone["t1"], t, ("id", *(n for n in _FIELDS if n != "payload"), *_STATE))
     assert alone["t1"].payload is None
+    # an outcome as a state row (its spec is in an earlier s row): the state part, as a t row
+    rec = _through_json(rows_record([], [], [], counters, [], (), [t]))
+    assert rec["n"] == 1 and "e" in rec and "f" not in rec
+    assert replay_rows(rec, tasks, retrying, fair) == (1, 0)
+    ended = ("enqueued_at", "depth", "quantum_used", "started_at")  # not in it: unused once ended
+    _same(back, t, ("id", *_FIELDS, *(n for n in _STATE if n not in ended)))
+    assert replay_rows(rec, {}, set(), {}) == (0, 1)  # no task to apply it to
     # progress: service and level only
     t.steps, t.service_s, t.level = t.steps + 1, t.service_s + 0.5, t.level + 1
     rec = _through_json(rows_record([], [], [t], counters, []))

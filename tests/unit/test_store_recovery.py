@@ -630,6 +630,9 @@ def test_results_files_made_from_the_journal_hold_every_outcome_once(
     cols = [n for n in got.column_names if n != "recorded_at"]
     key = [("id", "ascending")]
     assert got.select(cols).sort_by(key).equals(want.select(cols).sort_by(key))
+    # both outcome rows occurred: whole (first row in an earlier segment) and state rows
+    kinds = [k for b in st.journal.replay_batches() for r in b for k in ("e", "f") if k in r]
+    assert "e" in kinds and "f" in kinds
     st.close()
 
 
@@ -680,3 +683,54 @@ def test_odd_values_in_one_drain_keep_the_journal_readable(tmp_path: Path) -> No
     assert st2.core.tasks["b"].state is S.SUCCEEDED and st2.core.tasks["b"].result == {"x": None}
     assert st2.core.tasks["a"].state is S.SUCCEEDED
     st2.close()
+
+
+def test_young_starts_are_held_back_from_the_journal(tmp_path: Path) -> None:
+    """``hold_starts_s``: a start is journaled only once the task has run that long, so a task
+    that ends sooner costs no start row; a crash before then redelivers it uncounted."""
+    clock = [2.0]
+    st = open_state(tmp_path, "priority")
+    st.recorder.hold_starts_s = 1.0
+    st.recorder.clock = lambda: clock[0]
+    core = st.core
+    core.submit_many([mk("short"), mk("long"), mk("late")], 1.0)
+    st.recorder.commit_sync()
+    rows = st.journal.stats.records
+    short, long_ = core.dispatch(POOL, 2, 2.0, "w1")
+    assert (short.id, long_.id) == ("short", "long")
+    st.recorder.commit_sync()
+    assert st.journal.stats.records == rows  # both starts held
+    clock[0] = 2.5
+    core.finish(short, 2.5, ok=True, result=1)
+    st.recorder.commit_sync()
+    assert st.journal.stats.records == rows + 1  # one row for the short task's start and end
+    crash(st)
+
+    st2 = open_state(tmp_path, "priority", 3.0)
+    assert st2.core.tasks["short"].state is S.SUCCEEDED
+    lg = st2.core.tasks["long"]
+    assert lg.state is S.QUEUED and lg.attempts == 0 and lg.redeliveries == 0
+    assert st2.report.requeued == 0  # the journal never saw it start
+    st2.recorder.hold_starts_s = 1.0
+    st2.recorder.clock = lambda: clock[0]
+    clock[0] = 3.0
+    (lg,) = st2.core.dispatch(POOL, 1, 3.0, "w2")
+    st2.recorder.commit_sync()
+    clock[0] = 4.5  # it has now run longer than the hold: the next drain journals its start
+    st2.recorder.commit_sync()
+    crash(st2)
+
+    st3 = open_state(tmp_path, "priority", 5.0)
+    lg = st3.core.tasks["long"]
+    assert lg.state is S.QUEUED and lg.attempts == 1 and lg.redeliveries == 1
+    assert st3.report.requeued == 1
+    st3.recorder.hold_starts_s = 1.0
+    st3.recorder.clock = lambda: clock[0]
+    late = st3.core.dispatch(POOL, 2, 5.0, "w3")
+    assert {t.id for t in late} == {"long", "late"}
+    st3.close()  # a clean close journals held starts too
+
+    st4 = open_state(tmp_path, "priority", 6.0)
+    assert st4.report.requeued == 2
+    assert st4.core.tasks["late"].attempts == 1 and st4.core.tasks["long"].attempts == 2
+    st4.close()

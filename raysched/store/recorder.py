@@ -107,11 +107,11 @@ class Recorder:
         for t, mark in dirty.items():
             if held:
                 mark |= held.pop(t, 0)
-            if mark & CREATED:
+            if mark & CREATED:  # always written (it is being acknowledged), started or not
                 if t.depends_on:
                     children.append(t)
             elif hold and t.state is running and t.started_at > young:
-                held[t] = mark  # a new task is always written: it was acknowledged
+                held[t] = mark
                 order.append(t)
                 continue
             if t.state in terminal:
@@ -187,7 +187,15 @@ class Recorder:
         """Drain into the journal without waiting (the future resolves when written);
         ``everything``: held-back starts too (see ``drain``)."""
         with paused_gc():  # thousands of rows at once: see ``pause``
-            return self.journal.append_nowait(self.drain(everything))
+            done = self.journal.append_nowait(self.drain(everything))
+        done.add_done_callback(self._written)
+        return done
+
+    def _written(self, done: Future[None]) -> None:
+        if done.exception() is not None:
+            # the first rows of that frame may be lost: later outcomes go whole again (a plain
+            # assignment, safe from the writer thread; the next drain starts a fresh set)
+            self._segment = -1
 
     async def commit(self) -> None:
         """Wait until every change made so far is written per the sync policy: call before
@@ -214,7 +222,7 @@ class Recorder:
 
     def commit_sync(self) -> None:
         """``commit`` for threads that are not an event loop (tests, benchmarks, recovery)."""
-        self.journal.append_many(self.drain())
+        self.flush().result()
 
     def detach(self) -> None:
         """Stop recording (the lifecycle keeps no change log)."""

@@ -734,3 +734,33 @@ def test_young_starts_are_held_back_from_the_journal(tmp_path: Path) -> None:
     assert st4.report.requeued == 2
     assert st4.core.tasks["late"].attempts == 1 and st4.core.tasks["long"].attempts == 2
     st4.close()
+
+
+def test_outcome_after_a_lost_first_row_is_written_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outcome row relies on the task's first row in the same segment only while the journal
+    has written every frame: after a failed write, outcomes are written whole again."""
+    import os
+
+    st = open_state(tmp_path, "priority")
+    real_write = os.write
+    armed = {"on": True}
+
+    def flaky(fd: int, data: Any) -> int:
+        if armed["on"]:
+            armed["on"] = False
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", flaky)
+    st.core.submit(mk("a"), 1.0)
+    with pytest.raises(OSError, match="No space"):
+        st.recorder.commit_sync()  # the frame with a's first row is lost
+    (t,) = st.core.dispatch(POOL, 1, 2.0)
+    st.core.finish(t, 3.0, ok=True, result=7)
+    st.recorder.commit_sync()
+    st.convert_results(st.seal())
+    row = st.results.get("a")
+    assert row is not None and row["state"] == "succeeded"
+    st.close()

@@ -13,8 +13,8 @@ writer thread takes everything queued since its last write and writes it as one 
 ``write`` (and, under ``always``, one ``fsync``). Callers that arrive while a write or an fsync is
 in progress therefore share the next one. ``append_many`` (threads) and ``append`` (asyncio) wait
 for their frame. Under ``everysec`` and ``off`` an append that finds the writer idle and nothing
-queued writes its frame itself (a ``write`` to the page cache takes well under a millisecond):
-no hand-off to the writer thread and back, which on a busy scheduler cost more than the write.
+queued writes its frame itself (a ``write`` to the page cache takes well under a millisecond),
+without a hand-off to the writer thread and back.
 
 Sync policies, as Redis's ``appendfsync``:
 

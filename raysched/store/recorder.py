@@ -5,14 +5,14 @@ It installs itself as the lifecycle's change log (``Lifecycle.changes``: no call
 object per transition). Every transition (submission, start, preemption, retry, finish, cancel, a
 child failed by its parent, a retry released by ``tick``) marks the task there; changes that are
 not transitions (service and steps reported by a running task, a level demotion) are marked with
-``touch``. A start is held back for ``hold_starts_s``: most short tasks then end before their start
-is drained, and one outcome row says both. ``drain`` builds one row per dirty task from its
-*current* state (several changes between two drains cost one row; the rows of a drain make one
-``rows`` record, see ``records``); a task that ended gets a whole row, or a state row if its first
-row is in the same journal segment: the results files are made from them later (``results``, off
-the scheduler's process). ``commit`` waits until the journal has everything changed so far (await
-it before acknowledging a submission or a cancel); ``flush`` drains without waiting (after
-dispatch, worker reports and ticks)."""
+``touch``. With ``hold_starts_s`` set (off by default), a start is held back that long: most short
+tasks then end before their start is drained, and one outcome row says both. ``drain`` builds one
+row per dirty task from its *current* state (several changes between two drains cost one row; the
+rows of a drain make one ``rows`` record, see ``records``); a task that ended gets a whole row, or
+a state row if its first row is in the same journal segment: the results files are made from them
+later (``results``, off the scheduler's process). ``commit`` waits until the journal has everything
+changed so far (await it before acknowledging a submission or a cancel); ``flush`` drains without
+waiting (after dispatch, worker reports and ticks)."""
 
 from __future__ import annotations
 
@@ -89,10 +89,10 @@ class Recorder:
         held = self._held
         if not (changes or self._touched or held):
             return []
-        dirty = changes.copy()  # the lifecycle keeps filling the same dict
-        changes.clear()
-        touched, self._touched = self._touched, set()
+        dirty, self._changes = changes, {}
         core = self.core
+        core.lifecycle.changes = self._changes
+        touched, self._touched = self._touched, set()
         is_final = core.is_final
         terminal = _TERMINAL
         new: list[Task] = []

@@ -25,7 +25,7 @@ results files can be made from the journal alone (``results.convert_segments``),
 outcome whose task's ``s`` row is in the same journal segment: only what an ended task still
 needs besides its spec (level, attempts, service, steps and the dict: timings, worker, result,
 error); the results files take the spec from the ``s`` row (most tasks end in the segment they
-were submitted in, and this row is a third of an ``f`` row),
+were submitted in, and for a no-op task this row is about 210 bytes against 375 for an ``f`` row),
 ``p`` service, steps and level reported by a running task (or the depth of a parent whose new
 descendant raised it). A row ends with the task's ``__dict__``: the fields that differ from
 their class default (rare spec fields, timings, worker, error, result; ``Task`` keeps the payload

@@ -169,11 +169,11 @@ class ConvertReport:
 
 
 def convert_segments(job: ConvertJob) -> ConvertReport:
-    """Run ``job`` (any process that can read the journal directory). An outcome recorded twice
-    (a task redone after a crash) gets two rows; reads keep the first. The rows' columns are
-    taken from the journal's rows as they are (no task objects: this costs a few µs per outcome
-    where rebuilding tasks cost about 25). A state-row outcome (``e``) takes its task's spec
-    from the task's ``s`` row, earlier in the same segment."""
+    """Run ``job`` (any process that can read the journal directory). An outcome recorded twice (a
+    task redone after a crash) gets two rows; reads keep the first. The columns are taken from
+    the journal's rows as they are, without task objects (about 13 µs per outcome in all,
+    decoding and writing included, against 26 when it rebuilt tasks). A state-row outcome
+    (``e``) takes its task's spec from the task's ``s`` row, earlier in the same segment."""
     with paused_gc():
         journal = Journal(job.journal_dir, sync="off")  # read only: never locked or written
         parts: list[pa.Table] = []
@@ -202,17 +202,10 @@ def convert_segments(job: ConvertJob) -> ConvertReport:
     return ConvertReport(name, rows, os.getpid())
 
 
-#: Results columns kept in a task's ``__dict__`` (so in a row's last element), with defaults.
-_DICT_COLUMNS = (
-    ("redeliveries", 0),
-    ("first_start", None),
-    ("finished_at", None),
-    ("worker", None),
-    ("idempotency_key", None),
-    ("error_type", None),
-    ("error", None),
-)
-_SLOT_COLUMNS = tuple(n for n in _TASK_COLUMNS if n not in dict(_DICT_COLUMNS))
+#: Results columns kept in a task's ``__dict__`` (so in a row's last element), with their class
+#: defaults; the others are slots, each a field of the row.
+_DICT_COLUMNS = tuple((n, getattr(Task, n)) for n in _TASK_COLUMNS if n not in Task.__slots__)
+_SLOT_COLUMNS = tuple(n for n in _TASK_COLUMNS if n in Task.__slots__)
 _FINAL_STATES = frozenset(s.value for s in TaskState if s.terminal)
 
 

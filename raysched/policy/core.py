@@ -132,7 +132,12 @@ class SchedulerCore:
             dup = self.find_duplicate(t)
             if dup is not None:
                 return [dup]
-            self._admit_check((t,))
+            s = self.settings
+            if self._live >= s.max_queued or (
+                s.max_queued_per_tenant is not None
+                and self._live_by_tenant.get(t.tenant, 0) >= s.max_queued_per_tenant
+            ):
+                self._admit_check((t,))  # raises QueueFull with the reason
             if t.depends_on:
                 DependencyGraph.check_batch({t.id: t.depends_on}, self.tasks)
             self._accept(t, now)

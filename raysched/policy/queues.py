@@ -376,6 +376,23 @@ class MLFQQueue(_DequeBuckets):
         self._order.append(e)
         self._n += 1
 
+    def add(self, task: Task, now: float = 0.0) -> None:
+        # _key and _push inlined: this runs on every enqueue (arrival, preemption, requeue)
+        b = _BANDS - int(self._score(task, now) * self._band_scale)
+        b = 1 if b < 1 else (_BANDS if b > _BANDS else b)
+        k = (task.priority << _PRIO_SHIFT) | (task.level << _LEVEL_SHIFT) | b
+        dq = self._buckets.get(k)
+        if dq is None:
+            dq = self._buckets[k] = deque()
+        if k not in self._live:
+            self._live.add(k)
+            _heappush(self._keys, k)
+        e = (task,)
+        task.qkey = e
+        dq.append(e)
+        self._order.append(e)
+        self._n += 1
+
     def add_batch(self, tasks: Iterable[Task], now: float) -> None:
         # add() unrolled: one loop, locals only (the batched hot path).
         score, scale = self._score, self._band_scale
@@ -491,9 +508,7 @@ class MLFQQueue(_DequeBuckets):
         for k, t in boosted:
             self._push(t, k)
             self._order.pop()
-        key, push = self._key, self._push
-        for t in queued:
-            push(t, key(t, now))
+        self.add_batch(queued, now)
 
 
 def _enqueue_order(t: Task) -> tuple[float, int]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raysched.models import DEFAULT_TIERS, TraceRecord
+from raysched.pause import paused_gc
 from raysched.policy.core import Decision, SchedulerCore
 from raysched.policy.queues import Policy
 from raysched.policy.scoring import CostModel
@@ -175,13 +176,13 @@ class VirtualReplay:
         self.core = SchedulerCore(self.settings)
         self.oracle = self.core.policy is Policy.SRPT
 
-    def _total(self, rec: TraceRecord) -> float:
-        return (
-            rec.prompt_tokens * self.cost.prefill_s_per_token
-            + rec.output_tokens * self.cost.decode_s_per_token
-        )
-
     def run(self) -> Summary:
+        # Hundreds of thousands of short-lived event tuples and queue entries, no cycles: the
+        # collector's full passes over every task would only slow the run (see ``pause``).
+        with paused_gc():
+            return self._run()
+
+    def _run(self) -> Summary:
         core, cost = self.core, self.cost
         pre, dec = cost.prefill_s_per_token, cost.decode_s_per_token
         workers = [_Worker(f"w{i}") for i in range(self.nworkers)]
@@ -226,6 +227,9 @@ class VirtualReplay:
         # bound once: these run several times per event
         quantum_of, next_level, rank_at = q.quantum_of, q.next_level, q.rank_at
         peek, preempt_rank = q.peek, q.preempt_rank
+        # quantum_of as a table (levels beyond the schedule, if any, ask the queue)
+        nlev = self.settings.mlfq.levels
+        qtab = tuple(quantum_of(i) for i in range(nlev))
 
         def plan(w: _Worker, t: Task, now: float, extra: float = 0.0) -> None:
             """Schedule the end of ``t``'s next chunk on ``w``. While nothing queued could outrank
@@ -236,7 +240,7 @@ class VirtualReplay:
             tot = total[t.id]
             left = tot - done
             lvl = t.level
-            budget = quantum_of(lvl) - t.quantum_used
+            budget = (qtab[lvl] if lvl < nlev else quantum_of(lvl)) - t.quantum_used
             budget = budget * qs if budget > 0.0 else 0.0
             if budget < left:
                 head = peek()
@@ -251,7 +255,7 @@ class VirtualReplay:
                     if hr is not None and r is not None and hr < r:
                         break
                     lvl = nl
-                    budget += quantum_of(nl) * qs
+                    budget += (qtab[nl] if nl < nlev else quantum_of(nl)) * qs
             target = tot if budget >= left else min(tot, boundary_after(t, done + budget))
             w.chunk_start = now
             w.extra = extra
@@ -261,28 +265,23 @@ class VirtualReplay:
             seq += 1
             heapq.heappush(events, (w.chunk_end, seq, _CHUNK, (w, w.version)))
 
-        def current_rank(t: Task) -> tuple[float, ...] | None:
-            """Rank of a running task as of now, its chunk possibly past some quanta."""
-            w = running_on.get(t.id)
-            if w is None:
-                return preempt_rank(t)
+        def rank_running(w: _Worker, t: Task) -> tuple[float, ...] | None:
+            """Rank of ``t``, running on ``w``, as of now: its chunk may be past some quanta."""
             used = t.quantum_used + (now_ - w.chunk_start) / qs
             lvl = t.level
-            qo = quantum_of(lvl)
+            qo = qtab[lvl] if lvl < nlev else quantum_of(lvl)
             while used >= qo:
                 nl = next_level(t, lvl)
                 if nl == lvl:
                     break
                 used -= qo
                 lvl = nl
-                qo = quantum_of(lvl)
+                qo = qtab[lvl] if lvl < nlev else quantum_of(lvl)
             return rank_at(t, lvl)
 
-        def steps_done(t: Task, x: float) -> int:
-            p = prefill[t.id]
-            if x < p - 1e-12:
-                return 0
-            return 1 + (int((x - p) / dec + 1e-9) if dec > 0 else 0)
+        def current_rank(t: Task) -> tuple[float, ...] | None:
+            w = running_on.get(t.id)
+            return preempt_rank(t) if w is None else rank_running(w, t)
 
         def fill(now: float) -> None:
             i = len(free) - 1
@@ -299,24 +298,39 @@ class VirtualReplay:
             if not q.preemptive:
                 return
             now_ = now
+            ranks: dict[str, tuple[float, ...] | None] | None = None
+            if not self.oracle:
+                # Ranks of the running tasks, worked out once per arrival (they do not change
+                # while it is handled). Most of the time the head outranks no running task that
+                # is not already stopping: then there is nothing more to look at.
+                head = peek()
+                hr = preempt_rank(head) if head is not None else None
+                if hr is None:
+                    return
+                ranks = {}
+                hit = False
+                for w in workers:
+                    if w.task is not None:
+                        r = ranks[w.task.id] = rank_running(w, w.task)
+                        if r is not None and hr < r and w.reserved is None:
+                            hit = True
+                if not hit:
+                    return
             running_on.clear()
             for w in workers:
                 if w.task is not None:
                     running_on[w.task.id] = w
-            ranks: dict[str, tuple[float, ...] | None] | None = None
-            if self.oracle:
+            if ranks is None:
                 for w in workers:
                     if w.task is not None:
                         done_now = progress.get(w.task.id, 0.0) + max(0.0, now - w.chunk_start)
                         w.task.remaining_hint = total[w.task.id] - done_now
                 rank = current_rank
             else:
-                # Ranks of the running tasks, worked out once per arrival (they do not change
-                # while it is handled).
-                ranks = {w.task.id: current_rank(w.task) for w in workers if w.task is not None}
+                known = ranks
 
                 def rank(t: Task) -> tuple[float, ...] | None:
-                    return ranks[t.id] if t.id in ranks else preempt_rank(t)
+                    return known[t.id] if t.id in known else preempt_rank(t)
 
             signalled = [
                 w.task.id for w in workers if w.reserved is not None and w.task is not None
@@ -329,17 +343,6 @@ class VirtualReplay:
                 return max(0.0, w.chunk_start + w.extra + boundary_after(t, done_now) - base - now)
 
             while True:
-                if ranks is not None:
-                    # Most of the time the head outranks no running task that is not already
-                    # stopping: then there is nothing for plan_preemption to look at.
-                    head = peek()
-                    hr = preempt_rank(head) if head is not None else None
-                    if hr is None or not any(
-                        (r := ranks[tid]) is not None and hr < r
-                        for tid in running_on
-                        if tid not in signalled
-                    ):
-                        return
                 plan_ = core.plan_preemption("default", now, signalled, eta, rank)
                 if plan_ is None:
                     return
@@ -358,6 +361,16 @@ class VirtualReplay:
                     w.version += 1
                     seq += 1
                     heapq.heappush(events, (w.chunk_end, seq, _CHUNK, (w, w.version)))
+                if ranks is not None:
+                    # does the new head outrank another running task that is not stopping?
+                    head = peek()
+                    hr = preempt_rank(head) if head is not None else None
+                    if hr is None or not any(
+                        (r := ranks[tid]) is not None and hr < r
+                        for tid in running_on
+                        if tid not in signalled
+                    ):
+                        return
 
         now = 0.0
         next_tick = 0.0
@@ -374,9 +387,8 @@ class VirtualReplay:
             if kind == _ARRIVAL:
                 arriving: TraceRecord = data
                 t = task_from_record(arriving, tiers)
-                total[t.id] = self._total(arriving)
-                prefill[t.id] = arriving.prompt_tokens * pre
-                t.remaining_hint = total[t.id]
+                p = prefill[t.id] = arriving.prompt_tokens * pre
+                t.remaining_hint = total[t.id] = p + arriving.output_tokens * dec
                 tasks.append(t)
                 core.submit(t, now)
             else:
@@ -389,7 +401,17 @@ class VirtualReplay:
                 after = before + max(0.0, w.run_service - w.extra)
                 progress[t.id] = after
                 service = w.chunk_end - w.chunk_start
-                steps = steps_done(t, after) - steps_done(t, before)
+                # decode steps completed in the chunk (+1 for the prefill, if it ended in it)
+                p = prefill[t.id]
+                steps = (
+                    0
+                    if after < p - 1e-12
+                    else 1 + (int((after - p) / dec + 1e-9) if dec > 0 else 0)
+                ) - (
+                    0
+                    if before < p - 1e-12
+                    else 1 + (int((before - p) / dec + 1e-9) if dec > 0 else 0)
+                )
                 w.task = None
                 reserved, w.reserved = w.reserved, None
                 if after >= total[t.id] - 1e-9:

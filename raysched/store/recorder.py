@@ -24,10 +24,10 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from raysched.models import TaskState
+from raysched.pause import paused_gc
 from raysched.policy.lifecycle import CREATED
 from raysched.policy.task import Task
 from raysched.store.journal import Journal, settle_future
-from raysched.store.pause import paused_gc
 from raysched.store.records import rows_record
 
 if TYPE_CHECKING:

@@ -32,10 +32,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysched.models import TaskState
+from raysched.pause import paused_gc
 from raysched.policy.task import Task
 from raysched.store.journal import Journal, dumps, loads
 from raysched.store.location import TMP_PREFIX, StateDir
-from raysched.store.pause import paused_gc
 
 __all__ = [
     "RESULT_SCHEMA",

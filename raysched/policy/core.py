@@ -260,7 +260,13 @@ class SchedulerCore:
         accept: Callable[[Task], bool] | None = None,
     ) -> list[Task]:
         """Pop up to ``n`` of the best ready tasks of ``pool`` that may run on ``worker`` (and pass
-        ``accept``, e.g. a GPU-memory fit) and mark them running. Skipped tasks keep their place."""
+        ``accept``, e.g. a GPU-memory fit) and mark them running. Skipped tasks keep their place.
+
+        A task paused on another worker that may move here (``movable``) is taken only when
+        nothing of its tier or below that needs no recompute comes before it: a recompute spends
+        the pool's capacity, so under load it is cheaper to run other work here and let the task
+        resume where its state is (at load 0.9 the moves alone kept a replay's queue growing);
+        a worker that would otherwise idle still takes it."""
         q = self.queues[pool]
         got: list[Task]
         if worker is None and accept is None:
@@ -268,12 +274,22 @@ class SchedulerCore:
         else:
             got = []
             held: list[Task] = []
-            while len(got) < n and len(held) < 64 and len(q):
+            movers: list[Task] = []  # paused elsewhere, free to move here: in reserve, best first
+            while len(got) < n and len(held) + len(movers) < 64 and len(q):
                 t = q.pop()
-                if self.movable(t, worker, now) and (accept is None or accept(t)):
-                    got.append(t)
+                if accept is not None and not accept(t):
+                    held.append(t)
+                elif t.home is None or t.home == worker or not self.cost.recompute:
+                    while movers and movers[0].priority < t.priority and len(got) < n:
+                        got.append(movers.pop(0))  # a higher tier does not wait for its worker
+                    (got if len(got) < n else held).append(t)
+                elif self.movable(t, worker, now):
+                    movers.append(t)
                 else:
                     held.append(t)
+            while movers and len(got) < n:
+                got.append(movers.pop(0))
+            held.extend(movers)
             for t in held:
                 q.add(t, now)
         for t in got:
@@ -300,12 +316,20 @@ class SchedulerCore:
         return self.queues[t.pool].quantum(t) - t.quantum_used
 
     def progress(
-        self, t: Task, service_s: float, steps: int, now: float, requeue: bool = True
+        self,
+        t: Task,
+        service_s: float,
+        steps: int,
+        now: float,
+        requeue: bool = True,
+        pinned: bool = False,
     ) -> Decision:
         """A running task reports service since its last report. At the end of its quantum the
         policy demotes it and asks whether a queued task now outranks it. On YIELD the task is
         requeued as ``preempted`` here, unless ``requeue`` is False: then the caller calls
-        ``preempt`` once the worker has actually stopped it (so it never runs twice at once)."""
+        ``preempt`` once the worker has actually stopped it (so it never runs twice at once).
+        ``pinned``: pausing ``t`` would push a paused state out of its worker (see
+        ``plan_preemption``)."""
         self.account(t, service_s, steps)
         q = self.queues[t.pool]
         expired = False
@@ -320,7 +344,12 @@ class SchedulerCore:
             head = q.peek()
             if head is not None:
                 r_head, r_t = q.preempt_rank(head), q.preempt_rank(t)
-                if r_head is not None and r_t is not None and r_head < r_t:
+                if (
+                    r_head is not None
+                    and r_t is not None
+                    and r_head < r_t
+                    and not (pinned and self._keeps_running(head, t))
+                ):
                     if requeue:
                         self.preempt(t, now, f"quantum expired; {head.id} ranks higher")
                     return Decision.YIELD
@@ -341,12 +370,19 @@ class SchedulerCore:
         exclude: Iterable[str] = (),
         eta: Eta | None = None,
         rank: Callable[[Task], tuple[float, ...] | None] | None = None,
+        pinned: Collection[str] = (),
     ) -> tuple[Task, Task] | None:
         """If the best queued task strictly outranks a preemptible running one, take it out of the
         queue (reserved for the victim's slot) and return (incoming, victim). The caller stops the
         victim at its next step boundary, then calls ``preempt(victim)`` and ``start(incoming)``.
         ``rank`` may stand in for the queue's rank of running tasks whose level moved since their
-        last report (the replay runs several quanta in one event when nothing could preempt)."""
+        last report (the replay runs several quanta in one event when nothing could preempt).
+        ``pinned``: running tasks whose worker keeps no room for another paused state, so that
+        pausing one evicts a paused task, which then recomputes its state when it resumes. When
+        the cost model charges that recompute, such a task is a victim only when no other is,
+        and only for a higher tier: between levels of one tier the recompute would cost more
+        capacity than the reordering gains (at load 0.9 the evictions alone kept a replay's
+        queue growing)."""
         q = self.queues[pool]
         if not q.preemptive:
             return None
@@ -355,16 +391,34 @@ class SchedulerCore:
             return None
         skip = set(exclude)
         pin = None if self.movable(head, "", now) else head.home
+        stay = pinned if pinned and self.cost.recompute else ()
+        running = self.running[pool].values()
         cands = (
             t
-            for t in self.running[pool].values()
-            if t.id not in skip and (pin is None or t.worker == pin)
+            for t in running
+            if t.id not in skip and (pin is None or t.worker == pin) and t.id not in stay
         )
         victim = self.victims.choose(head, cands, rank or q.preempt_rank, eta)
+        if victim is None and stay:
+            # only pinned ones left: a higher tier still goes first, at the price of an eviction
+            cands = (
+                t
+                for t in running
+                if t.id in stay
+                and t.id not in skip
+                and (pin is None or t.worker == pin)
+                and head.priority < t.priority
+            )
+            victim = self.victims.choose(head, cands, rank or q.preempt_rank, eta)
         if victim is None:
             return None
         q.remove(head)
         return head, victim
+
+    def _keeps_running(self, head: Task, t: Task) -> bool:
+        """A pinned ``t`` (see ``plan_preemption``) at the end of its quantum: it runs on unless
+        ``head`` is of a higher tier."""
+        return self.cost.recompute and head.priority >= t.priority
 
     def unreserve(self, t: Task, now: float) -> None:
         """A task reserved by ``plan_preemption`` goes back to the queue (its victim finished)."""

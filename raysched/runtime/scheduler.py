@@ -80,6 +80,7 @@ class _Worker:
     handle: Any
     ready: bool = False
     running: set[str] = field(default_factory=set)  # tasks physically occupying a slot
+    paused: set[str] = field(default_factory=set)  # tasks whose paused state it keeps
     since_idle: float = 0.0
     telemetry: dict[str, Any] = field(default_factory=dict)
     kill_at: float | None = None  # a stop it was asked for is overdue then
@@ -548,11 +549,29 @@ class SchedulerService:
             self._bg_task(self._call(w, aw))
 
     def _set_home(self, t: Task, wid: str | None) -> None:
+        old = self.workers.get(t.home) if t.home is not None else None
+        if old is not None:
+            old.paused.discard(t.id)
         t.home = wid
         if wid is None:
             self._homed.discard(t.id)
         else:
             self._homed.add(t.id)
+            w = self.workers.get(wid)
+            if w is not None:
+                w.paused.add(t.id)
+
+    def _pinned(self, pool: PoolSettings) -> set[str]:
+        """Running tasks whose pause would evict a paused state from their worker (the worker
+        keeps ``max_paused``): see ``SchedulerCore.plan_preemption``."""
+        if not self.core.cost.recompute:
+            return set()
+        return {
+            tid
+            for w in self.workers.values()
+            if w.pool.name == pool.name and len(w.paused) >= pool.max_paused
+            for tid in w.running
+        }
 
     async def _call(self, w: _Worker, aw: Awaitable[Any]) -> None:
         try:
@@ -562,8 +581,9 @@ class SchedulerService:
 
     def _preempt(self, pool: PoolSettings, now: float) -> None:
         exclude = set(self._reserved) | set(self._stopping)
+        pinned = self._pinned(pool)
         while True:
-            plan = self.core.plan_preemption(pool.name, now, exclude)
+            plan = self.core.plan_preemption(pool.name, now, exclude, pinned=pinned)
             if plan is None:
                 return
             incoming, victim = plan
@@ -624,7 +644,14 @@ class SchedulerService:
             if not current or t is None:
                 return
             self._append_outputs(t, ev["out"])
-            d = self.core.progress(t, ev["service"], ev["steps"], now, requeue=False)
+            d = self.core.progress(
+                t,
+                ev["service"],
+                ev["steps"],
+                now,
+                requeue=False,
+                pinned=self.core.cost.recompute and len(w.paused) >= w.pool.max_paused,
+            )
             if self.recorder is not None:
                 self.recorder.touch(t)  # steps and service: a resume restarts from here
             if d is Decision.YIELD and tid not in self._stopping:

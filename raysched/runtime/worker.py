@@ -416,7 +416,11 @@ class WorkerCore:
         if ev["t"] == "paused":
             self._paused[tid] = run
             if len(self._paused) > self.max_paused:
-                old_id, old = self._paused.popitem(last=False)
+                # drop the state cheapest to rebuild: the fewest steps taken (the oldest of those;
+                # a resume recomputes the prompt and these steps)
+                paused = self._paused
+                old_id = min(paused, key=lambda k: paused[k].steps)
+                old = paused.pop(old_id)
                 if old.gen is not None:
                     old.gen.close()
                 self._emit({"t": "evicted", "id": old_id})

@@ -203,6 +203,7 @@ class VirtualReplay:
         seq = 0
         tasks: list[Task] = []
         tiers = self.settings.tiers
+        max_paused = self.max_paused
 
         def boundary_after(t: Task, done: float) -> float:
             """Smallest step boundary (in work done) >= ``done``."""
@@ -335,6 +336,12 @@ class VirtualReplay:
             signalled = [
                 w.task.id for w in workers if w.reserved is not None and w.task is not None
             ]
+            # tasks whose pause would evict a paused state (see ``plan_preemption``)
+            pinned = (
+                [w.task.id for w in workers if w.task is not None and len(w.paused) >= max_paused]
+                if cost.recompute
+                else []
+            )
 
             def eta(t: Task) -> float:
                 w = running_on[t.id]
@@ -343,7 +350,7 @@ class VirtualReplay:
                 return max(0.0, w.chunk_start + w.extra + boundary_after(t, done_now) - base - now)
 
             while True:
-                plan_ = core.plan_preemption("default", now, signalled, eta, rank)
+                plan_ = core.plan_preemption("default", now, signalled, eta, rank, pinned)
                 if plan_ is None:
                     return
                 incoming, victim = plan_
@@ -422,7 +429,13 @@ class VirtualReplay:
                     free.append(w)
                 else:
                     t.remaining_hint = total[t.id] - after
-                    d = core.progress(t, service, steps, now)
+                    d = core.progress(
+                        t,
+                        service,
+                        steps,
+                        now,
+                        pinned=cost.recompute and len(w.paused) >= max_paused,
+                    )
                     if reserved is not None:
                         if d is Decision.CONTINUE:
                             core.preempt(t, now, f"{reserved.id} outranks it")
@@ -449,7 +462,11 @@ class VirtualReplay:
         t.home = w.name
         w.paused.append(t.id)
         if len(w.paused) > self.max_paused:
-            evicted = self.core.tasks[w.paused.pop(0)]
+            # as the worker does: drop the state cheapest to rebuild, the fewest steps taken
+            # (the oldest of those)
+            tasks, paused = self.core.tasks, w.paused
+            i = min(range(len(paused)), key=lambda j: tasks[paused[j]].steps)
+            evicted = tasks[paused.pop(i)]
             evicted.home = None  # its state is gone: resuming anywhere recomputes
 
 

@@ -70,6 +70,30 @@ def test_interactive_preempts_long_generation_which_then_finishes_unchanged(
     assert c.stats()["preemptions"] >= 1
 
 
+def test_a_worker_full_of_paused_state_is_not_preempted_within_a_tier(make_client: Make) -> None:
+    """With recompute on resume elsewhere (the default cost model) and room for one paused
+    generator, the first preemption pauses A; then B, pausing which would evict A's state, is not
+    preempted by a newer task of its tier (it is by a higher tier)."""
+    pool = PoolSettings(name="default", min_workers=1, max_workers=1, max_paused=1)
+    c = make_client(pools=[pool])
+    wait_ready(c, 1)
+    a = c.submit("simulate", sim(150), tier="batch")
+    time.sleep(0.5)  # A is demoted past level 0
+    b = c.submit("simulate", sim(120), tier="batch")  # level 0: preempts A, which is paused
+    time.sleep(0.6)
+    assert c.status(a).state is TaskState.PREEMPTED
+    assert c.status(b).state is TaskState.RUNNING and c.status(b).level >= 2
+    late = c.submit("simulate", sim(3), tier="batch")  # level 0: outranks B, but B is pinned
+    time.sleep(0.3)
+    assert c.status(b).state is TaskState.RUNNING
+    assert c.status(late).state is TaskState.QUEUED
+    chat = c.submit("simulate", sim(3), tier="interactive")  # a higher tier still preempts
+    assert c.result(chat, timeout=30) == "".join(expected_tokens(3))
+    for tid, n in ((a, 150), (b, 120), (late, 3)):
+        assert c.result(tid, timeout=60) == "".join(expected_tokens(n))
+    assert c.stats()["preemptions"] == 2  # A for B, B for the chat
+
+
 def test_fractional_gpus_pack_four_workers_per_gpu(make_client: Make) -> None:
     c = make_client(pools=[PoolSettings(name="gpu", num_gpus=0.25, min_workers=4, max_workers=4)])
     wait_ready(c, 4, pool="gpu")

@@ -171,3 +171,36 @@ def test_channel_delivers_in_order_once_and_falls_back_to_ray() -> None:
         srv2.close()
 
     asyncio.run(main())
+
+
+def test_a_full_worker_drops_the_paused_state_with_the_fewest_steps() -> None:
+    """Past ``max_paused`` the worker drops the state cheapest to rebuild (fewest steps taken),
+    not the oldest: resuming a long generation elsewhere recomputes all its tokens."""
+
+    def gen(payload: dict[str, Any]) -> Any:
+        for i in range(100_000):
+            time.sleep(0.001)
+            yield i
+
+    async def main() -> Reports:
+        rep = Reports()
+        w = WorkerCore("w1", registry_with(gen=gen), rep, slots=2, max_paused=1)
+
+        def steps(tid: str) -> int:
+            return sum(e["steps"] for e in rep.events if e["t"] == "step" and e["id"] == tid)
+
+        w.assign_now([("long", "gen", {}, 0)])
+        await until(lambda: steps("long") >= 30)
+        assert w.stop_now("long", "pause")
+        await until(lambda: "long" in rep.final())
+        w.assign_now([("short", "gen", {}, 0)])
+        await until(lambda: steps("short") >= 1)
+        assert w.stop_now("short", "pause")
+        await until(lambda: any(e["t"] == "evicted" for e in rep.events))
+        # the long generation is still held (a cancel finds it), the short one is gone
+        kept = {tid: w.stop_now(tid, "cancel") for tid in ("long", "short")}
+        assert kept == {"long": True, "short": False}
+        return rep
+
+    rep = asyncio.run(main())
+    assert [e["id"] for e in rep.events if e["t"] == "evicted"] == ["short"]

@@ -266,7 +266,8 @@ class SchedulerCore:
         nothing of its tier or below that needs no recompute comes before it: a recompute spends
         the pool's capacity, so under load it is cheaper to run other work here and let the task
         resume where its state is (at load 0.9 the moves alone kept a replay's queue growing);
-        a worker that would otherwise idle still takes it."""
+        a worker that would otherwise idle still takes it. Its own worker takes it at its first
+        free slot once aging has boosted it ahead of its tier."""
         q = self.queues[pool]
         got: list[Task]
         if worker is None and accept is None:

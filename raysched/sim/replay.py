@@ -463,9 +463,13 @@ class VirtualReplay:
         w.paused.append(t.id)
         if len(w.paused) > self.max_paused:
             # as the worker does: drop the state cheapest to rebuild, the fewest steps taken
-            # (the oldest of those)
+            # (the oldest of those); without recompute every state is as cheap: the oldest
             tasks, paused = self.core.tasks, w.paused
-            i = min(range(len(paused)), key=lambda j: tasks[paused[j]].steps)
+            i = (
+                min(range(len(paused)), key=lambda j: tasks[paused[j]].steps)
+                if self.cost.recompute
+                else 0
+            )
             evicted = tasks[paused.pop(i)]
             evicted.home = None  # its state is gone: resuming anywhere recomputes
 

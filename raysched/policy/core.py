@@ -262,12 +262,13 @@ class SchedulerCore:
         """Pop up to ``n`` of the best ready tasks of ``pool`` that may run on ``worker`` (and pass
         ``accept``, e.g. a GPU-memory fit) and mark them running. Skipped tasks keep their place.
 
-        A task paused on another worker that may move here (``movable``) is taken only when
-        nothing of its tier or below that needs no recompute comes before it: a recompute spends
-        the pool's capacity, so under load it is cheaper to run other work here and let the task
-        resume where its state is (at load 0.9 the moves alone kept a replay's queue growing);
-        a worker that would otherwise idle still takes it. Its own worker takes it at its first
-        free slot once aging has boosted it ahead of its tier."""
+        When the cost model charges a recompute, a task paused on another worker that may move
+        here (``movable``) is passed over for lower-ranked work of its own tier that needs no
+        recompute: a recompute spends the pool's capacity, so under load it is cheaper to run
+        that work here and let the task resume where its state is (at load 0.9 the moves alone
+        kept a replay's queue growing). A worker that would otherwise idle, or run a lower tier,
+        still takes it; its own worker takes it at its first free slot once aging has boosted it
+        ahead of its tier."""
         q = self.queues[pool]
         got: list[Task]
         if worker is None and accept is None:

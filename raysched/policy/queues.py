@@ -377,21 +377,10 @@ class MLFQQueue(_DequeBuckets):
         self._n += 1
 
     def add(self, task: Task, now: float = 0.0) -> None:
-        # _key and _push inlined: this runs on every enqueue (arrival, preemption, requeue)
+        # _key inlined: this runs on every enqueue (arrival, preemption, requeue)
         b = _BANDS - int(self._score(task, now) * self._band_scale)
         b = 1 if b < 1 else (_BANDS if b > _BANDS else b)
-        k = (task.priority << _PRIO_SHIFT) | (task.level << _LEVEL_SHIFT) | b
-        dq = self._buckets.get(k)
-        if dq is None:
-            dq = self._buckets[k] = deque()
-        if k not in self._live:
-            self._live.add(k)
-            _heappush(self._keys, k)
-        e = (task,)
-        task.qkey = e
-        dq.append(e)
-        self._order.append(e)
-        self._n += 1
+        self._push(task, (task.priority << _PRIO_SHIFT) | (task.level << _LEVEL_SHIFT) | b)
 
     def add_batch(self, tasks: Iterable[Task], now: float) -> None:
         # add() unrolled: one loop, locals only (the batched hot path).

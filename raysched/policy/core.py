@@ -267,8 +267,8 @@ class SchedulerCore:
         recompute: a recompute spends the pool's capacity, so under load it is cheaper to run
         that work here and let the task resume where its state is (at load 0.9 the moves alone
         kept a replay's queue growing). A worker that would otherwise idle, or run a lower tier,
-        still takes it; its own worker takes it at its first free slot once aging has boosted it
-        ahead of its tier."""
+        still takes it; on its own worker it goes in rank order (``plan_preemption`` holds it
+        back likewise)."""
         q = self.queues[pool]
         got: list[Task]
         if worker is None and accept is None:
@@ -393,12 +393,17 @@ class SchedulerCore:
             return None
         skip = set(exclude)
         pin = None if self.movable(head, "", now) else head.home
+        # a task paused elsewhere displaces only a lower tier there, as in ``dispatch``
+        home = head.home if pin is None and self.cost.recompute else None
         stay = pinned if pinned and self.cost.recompute else ()
         running = self.running[pool].values()
         cands = (
             t
             for t in running
-            if t.id not in skip and (pin is None or t.worker == pin) and t.id not in stay
+            if t.id not in skip
+            and (pin is None or t.worker == pin)
+            and (home is None or t.worker == home or head.priority < t.priority)
+            and t.id not in stay
         )
         victim = self.victims.choose(head, cands, rank or q.preempt_rank, eta)
         if victim is None and stay:

@@ -466,6 +466,10 @@ class SchedulerService:
                     if any(t.home == w.id for t in self.core.queues[pool.name]):
                         continue
                     if now - w.since_idle >= pool.idle_timeout_s:
+                        for tid in list(w.paused):  # homed here but out of the queue (reserved)
+                            t = self.core.tasks.get(tid)
+                            if t is not None and t.home == w.id:
+                                self._set_home(t, None)
                         self.workers.pop(w.id, None)
                         self.spawner.kill(w.handle)
                         n -= 1

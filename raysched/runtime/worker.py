@@ -220,6 +220,8 @@ class WorkerCore:
         if a is not None:
             h = self.registry.stepwise(a.kind)
             self._emit({"t": "paused" if kind == "pause" and h else "stopped", "id": tid})
+            if kind == "pause" and h:  # paused, but no generator is kept here for it
+                self._emit({"t": "evicted", "id": tid})
             return True
         paused = self._paused.pop(tid, None)
         if paused is not None and paused.gen is not None:
@@ -413,22 +415,24 @@ class WorkerCore:
     def _finish(self, run: _Run, ev: dict[str, Any]) -> None:
         tid = run.a.id
         self._running.pop(tid, None)
+        evicted = None
         if ev["t"] == "paused":
             self._paused[tid] = run
             if len(self._paused) > self.max_paused:
                 # drop the state cheapest to rebuild: the fewest steps taken (the oldest of those;
                 # a resume recomputes the prompt and these steps)
                 paused = self._paused
-                old_id = min(paused, key=lambda k: paused[k].steps)
-                old = paused.pop(old_id)
+                evicted = min(paused, key=lambda k: paused[k].steps)
+                old = paused.pop(evicted)
                 if old.gen is not None:
                     old.gen.close()
-                self._emit({"t": "evicted", "id": old_id})
         elif run.gen is not None:
             run.gen.close()
         if ev["t"] in ("done", "fail"):
             self.executed += 1
         self._emit(ev)
+        if evicted is not None:  # after the pause: it may be this very task's state
+            self._emit({"t": "evicted", "id": evicted})
 
     # -- reporting --------------------------------------------------------------------------
     def _started(self, tid: str, ts: float) -> None:

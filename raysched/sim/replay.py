@@ -453,7 +453,10 @@ class VirtualReplay:
                 next_tick = now + tick_every
             if free and len(q):
                 fill(now)
-            # Only a newcomer can outrank a running task (dispatch always takes the best).
+            # Preemption is looked at on arrivals: dispatch takes the best task a worker may run,
+            # so besides a newcomer only a task held back for its own worker (its paused state is
+            # there) can outrank a running task; that one waits for the next arrival or the
+            # running task's quantum end (the live scheduler looks after every dispatch).
             if kind == _ARRIVAL and not free and len(q):
                 preempt_check(now)
         return summarize(self.core.policy.value, "virtual", self.nworkers, tasks, core.preemptions)
@@ -463,7 +466,8 @@ class VirtualReplay:
         w.paused.append(t.id)
         if len(w.paused) > self.max_paused:
             # as the worker does: drop the state cheapest to rebuild, the fewest steps taken
-            # (the oldest of those); without recompute every state is as cheap: the oldest
+            # (the oldest of those); without recompute no state costs anything to lose, and
+            # which one goes changes nothing: the oldest, without the search
             tasks, paused = self.core.tasks, w.paused
             i = (
                 min(range(len(paused)), key=lambda j: tasks[paused[j]].steps)

@@ -5,6 +5,8 @@ recompute. With the plain cost model none of this applies."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 from raysched.models import DEFAULT_TIERS, TaskState
@@ -103,6 +105,24 @@ def test_task_paused_elsewhere_moves_only_when_nothing_of_its_tier_waits() -> No
     assert core.dispatch(POOL, 1, 1.0, "w3") == [p]
 
 
+def test_a_task_passed_over_preempts_only_on_its_own_worker() -> None:
+    """What ``dispatch`` passed over it, ``plan_preemption`` must not take back elsewhere: a task
+    paused on w1 displaces lower-ranked work of its tier on w1, not on w2."""
+    core = make_core()
+    home = core.submit(mk("home", prompt=3000), 0.0)
+    assert core.dispatch(POOL, 1, 0.0, "w1") == [home]
+    p = core.submit(mk("p", prompt=1000), 0.0)
+    paused_on(core, p, "w1", 0.0)
+    fresh = core.submit(mk("fresh", at=0.01, prompt=3000), 0.01)
+    assert core.dispatch(POOL, 1, 1.0, "w2") == [fresh]
+    q = core.queues[POOL]
+    assert q.preempt_rank(p) < q.preempt_rank(fresh) == q.preempt_rank(home)
+    assert core.plan_preemption(POOL, 1.0) == (p, home)
+    # with w1's task out of the way, nothing else may be taken for p
+    core.unreserve(p, 1.0)
+    assert core.plan_preemption(POOL, 1.0, exclude={"home"}) is None
+
+
 def test_higher_tier_paused_elsewhere_does_not_wait_behind_a_lower_tier() -> None:
     core = make_core()
     chat = core.submit(mk("chat", "interactive", prompt=1000), 0.0)
@@ -125,3 +145,101 @@ def test_without_recompute_rank_order_decides() -> None:
     paused_on(core, p, "w1", 0.0)
     core.submit(mk("fresh", at=0.01, prompt=3000), 0.01)
     assert core.dispatch(POOL, 1, 0.01, "w2") == [p]
+
+
+# -- the live scheduler's count of paused generators, with real in-process workers -------------
+GATES: dict[str, threading.Semaphore] = {}
+
+
+def gated(payload: dict[str, Any]) -> Any:
+    """A generation whose steps the test releases one by one."""
+    gate = GATES[payload["g"]]
+    for i in range(100_000):
+        if not gate.acquire(timeout=30):
+            return
+        yield i
+
+
+def test_scheduler_forgets_a_paused_state_its_worker_dropped_at_once() -> None:
+    """Past ``max_paused`` the worker may drop the state of the very task it just paused (it has
+    the fewest steps). The scheduler must then hold no home for it, nor count it as paused on the
+    worker: a phantom would pin that worker's running tasks."""
+    from raysched.handlers import default_registry
+    from raysched.runtime.scheduler import SchedulerService
+    from raysched.settings import PoolSettings, Settings
+    from tests.unit.http_fakes import InProcessSpawner, _Worker
+
+    class Spawner(InProcessSpawner):
+        def spawn(self, pool: PoolSettings, worker_id: str) -> _Worker:
+            async def report(wid: str, events: list[dict[str, Any]]) -> None:
+                await svc.report(wid, events)
+
+            registry = default_registry()
+            registry.register("gated", gated)
+            return _Worker(worker_id, registry, report, slots=pool.slots, max_paused=1)
+
+    for g in ("a", "b", "x", "y"):
+        GATES[g] = threading.Semaphore(0)
+    pool = PoolSettings(min_workers=1, max_workers=1, slots=2, max_paused=1)
+    # the scheduler checks the name; the workers run this module's function (its GATES)
+    settings = Settings(
+        pools=[pool],
+        store={"enabled": False},
+        handlers={"gated": "tests.unit.test_paused_state:gated"},
+    )
+
+    async def until(cond: Any) -> None:
+        for _ in range(1000):
+            if cond():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError("timed out")
+
+    svc: SchedulerService
+
+    async def main() -> None:
+        nonlocal svc
+        svc = SchedulerService(settings, Spawner(settings))
+        await svc.start()
+        await until(lambda: any(w.ready for w in svc.workers.values()))
+        (w,) = svc.workers.values()
+        core = svc.core
+
+        def steps(tid: str) -> int:
+            return core.tasks[tid].steps
+
+        async def submit(tid: str, tier: str) -> None:
+            await svc.submit([{"id": tid, "kind": "gated", "payload": {"g": tid}, "tier": tier}])
+
+        await submit("a", "best_effort")
+        await submit("b", "batch")
+        await until(lambda: w.running == {"a", "b"})
+        GATES["a"].release(300)
+        GATES["b"].release(100)
+        await until(lambda: steps("a") == 300 and steps("b") == 100)
+
+        async def step_until_paused(tid: str) -> None:  # it stops between steps
+            for _ in range(100):
+                if core.tasks[tid].state is S.PREEMPTED:
+                    return
+                GATES[tid].release(1)
+                await asyncio.sleep(0.02)
+            raise AssertionError(f"{tid} did not pause")
+
+        await submit("x", "batch")  # outranks the lower tier: a is paused (room for one)
+        await step_until_paused("a")
+        await until(lambda: "x" in w.running)
+        assert w.paused == {"a"}
+        # the worker is full: b and x are pinned, a chat still preempts one of them (b, ranked
+        # lower); the worker keeps a (300 steps) and drops b (100), the state it just paused
+        await submit("y", "interactive")
+        await step_until_paused("b")
+        await until(lambda: "y" in w.running)
+        await asyncio.sleep(0.05)  # the eviction event, if it comes after
+        assert core.tasks["b"].home is None
+        assert w.paused == {"a"} and core.tasks["a"].home == w.id
+        for g in GATES.values():
+            g.release(100_000)
+        await svc.shutdown()
+
+    asyncio.run(main())

@@ -99,18 +99,24 @@ def test_stop_before_start_and_between_steps() -> None:
     async def main() -> Reports:
         rep = Reports()
         w = WorkerCore("w1", registry_with(gen=gen), rep, slots=1)
-        w.assign_now([("g", "gen", {}, 0), ("q", "gen", {}, 0), ("p", "echo", {}, 0)])
+        w.assign_now(
+            [("g", "gen", {}, 0), ("q", "gen", {}, 0), ("p", "echo", {}, 0), ("r", "gen", {}, 0)]
+        )
         await until(lambda: any(e["t"] == "started" for e in rep.events))
         assert w.stop_now("q", "cancel") and w.stop_now("p", "cancel")  # still queued
+        assert w.stop_now("r", "pause")  # paused before it started: no generator kept for it
         await asyncio.sleep(0.05)
         assert w.stop_now("g", "pause")
         await until(lambda: "g" in rep.final())
         assert not w.stop_now("nothing", "cancel")
         return rep
 
-    fin = asyncio.run(main()).final()
+    rep = asyncio.run(main())
+    fin = rep.final()
     assert fin["q"]["t"] == "stopped" and fin["p"]["t"] == "stopped"
     assert fin["g"]["t"] == "paused"
+    r_events = [e["t"] for e in rep.events if e["id"] == "r"]
+    assert r_events == ["paused", "evicted"]
 
 
 def test_dedup_in_and_out_of_order() -> None:
@@ -204,3 +210,6 @@ def test_a_full_worker_drops_the_paused_state_with_the_fewest_steps() -> None:
 
     rep = asyncio.run(main())
     assert [e["id"] for e in rep.events if e["t"] == "evicted"] == ["short"]
+    # after its pause, so that the scheduler, which homes a paused task, forgets it again
+    short = [e["t"] for e in rep.events if e["id"] == "short" and e["t"] != "step"]
+    assert short[-2:] == ["paused", "evicted"]

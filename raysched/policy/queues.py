@@ -376,12 +376,6 @@ class MLFQQueue(_DequeBuckets):
         self._order.append(e)
         self._n += 1
 
-    def add(self, task: Task, now: float = 0.0) -> None:
-        # _key inlined: this runs on every enqueue (arrival, preemption, requeue)
-        b = _BANDS - int(self._score(task, now) * self._band_scale)
-        b = 1 if b < 1 else (_BANDS if b > _BANDS else b)
-        self._push(task, (task.priority << _PRIO_SHIFT) | (task.level << _LEVEL_SHIFT) | b)
-
     def add_batch(self, tasks: Iterable[Task], now: float) -> None:
         # add() unrolled: one loop, locals only (the batched hot path).
         score, scale = self._score, self._band_scale

@@ -284,6 +284,12 @@ class VirtualReplay:
             w = running_on.get(t.id)
             return preempt_rank(t) if w is None else rank_running(w, t)
 
+        def steps_done(t: Task, x: float) -> int:
+            p = prefill[t.id]
+            if x < p - 1e-12:
+                return 0
+            return 1 + (int((x - p) / dec + 1e-9) if dec > 0 else 0)
+
         def fill(now: float) -> None:
             i = len(free) - 1
             while i >= 0 and len(q):
@@ -408,17 +414,7 @@ class VirtualReplay:
                 after = before + max(0.0, w.run_service - w.extra)
                 progress[t.id] = after
                 service = w.chunk_end - w.chunk_start
-                # decode steps completed in the chunk (+1 for the prefill, if it ended in it)
-                p = prefill[t.id]
-                steps = (
-                    0
-                    if after < p - 1e-12
-                    else 1 + (int((after - p) / dec + 1e-9) if dec > 0 else 0)
-                ) - (
-                    0
-                    if before < p - 1e-12
-                    else 1 + (int((before - p) / dec + 1e-9) if dec > 0 else 0)
-                )
+                steps = steps_done(t, after) - steps_done(t, before)
                 w.task = None
                 reserved, w.reserved = w.reserved, None
                 if after >= total[t.id] - 1e-9:

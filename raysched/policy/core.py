@@ -9,7 +9,7 @@ import enum
 import heapq
 import math
 import operator
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence, Set
 from typing import TYPE_CHECKING, Any
 
 from raysched.errors import DependencyError, QueueFull, TaskNotFound
@@ -226,6 +226,11 @@ class SchedulerCore:
 
     def _may_retry(self, t: Task) -> bool:
         return t.id in self._retrying
+
+    @property
+    def retrying(self) -> Set[str]:
+        """Ids of the failed or timed-out tasks waiting out a retry backoff (read only)."""
+        return self._retrying
 
     def is_final(self, t: Task) -> bool:
         """Terminal and not waiting for a retry: its outcome will not change."""

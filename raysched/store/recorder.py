@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from raysched.models import TaskState
 from raysched.pause import paused_gc
-from raysched.policy.lifecycle import CREATED
+from raysched.policy.lifecycle import CREATED, STARTED
 from raysched.policy.task import Task
 from raysched.store.journal import Journal, settle_future
 from raysched.store.records import rows_record
@@ -93,11 +93,12 @@ class Recorder:
         core = self.core
         core.lifecycle.changes = self._changes
         touched, self._touched = self._touched, set()
-        is_final = core.is_final
+        waiting = core.retrying
         terminal = _TERMINAL
         new: list[Task] = []
         changed: list[Task] = []
         ended: list[Task] = []
+        starts: list[Task] = []  # a start from queued is all that changed: a short row
         retrying: list[str] = []
         children: list[Task] = []
         hold = self.hold_starts_s > 0 and not everything
@@ -114,8 +115,11 @@ class Recorder:
                 held[t] = mark
                 order.append(t)
                 continue
+            elif mark == STARTED and t.boosted_from is None:  # a boost's loan: a whole row
+                starts.append(t)
+                continue
             if t.state in terminal:
-                if is_final(t):
+                if t.id not in waiting:  # final
                     ended.append(t)
                     continue
                 retrying.append(t.id)
@@ -127,16 +131,20 @@ class Recorder:
             if hold and t.started_at > young and t in held:
                 break
             order.popleft()
-            if held.pop(t, 0):
-                changed.append(t)
+            mark = held.pop(t, 0)
+            if mark:
+                (starts if mark == STARTED and t.boosted_from is None else changed).append(t)
         if children:
             touched.update(self._raised_parents(children))
         if touched:
+            if starts:  # progress since the start too: a whole row
+                changed.extend(t for t in starts if t in touched)
+                starts = [t for t in starts if t not in touched]
             touched.difference_update(new)
             touched.difference_update(changed)
             touched.difference_update(ended)
             touched.difference_update(held)
-        if not (new or changed or touched or ended):
+        if not (new or changed or touched or ended or starts):
             return []
         self.ended += len(ended)
         # the record goes to the journal's current segment (drains and rotations happen on one
@@ -159,7 +167,7 @@ class Recorder:
         here.update(new)
         return [
             rows_record(
-                new, changed, list(touched), core.fair.counters, retrying, ended, ended_here
+                new, changed, list(touched), core.fair.counters, retrying, ended, ended_here, starts
             )
         ]
 

@@ -17,6 +17,7 @@ encodes an Enum member about ten times slower than a str)::
      "ff": ROW_FINAL, "f": [[...], ...], "fs": ["succeeded", ...],
      "ef": ROW_END, "e": [[...], ...], "es": ["succeeded", ...],
      "pf": ROW_PROGRESS, "p": [[...], ...],
+     "rf": ROW_START, "r": [[...], ...],
      "fc": {tenant: counter}, "retrying": [id, ...]}
 
 ``s`` is the first record of a task (its spec and state), ``t`` a transition (the full state),
@@ -27,11 +28,14 @@ needs besides its spec (level, attempts, service, steps and the dict: timings, w
 error); the results files take the spec from the ``s`` row (most tasks end in the segment they
 were submitted in, and for a no-op task this row is about 210 bytes against 375 for an ``f`` row),
 ``p`` service, steps and level reported by a running task (or the depth of a parent whose new
-descendant raised it). A row ends with the task's ``__dict__``: the fields that differ from
-their class default (rare spec fields, timings, worker, error, result; ``Task`` keeps the payload
-in a slot so that state rows do not repeat it). A dict field missing from a state row is back at
-its default. ``fc`` holds the fair-share counters of these tasks' tenants after the changes,
-``retrying`` the failed or timed-out tasks whose retry is still to come.
+descendant raised it), ``r`` a start from ``queued`` that is all that changed since the task's
+last row (the state is ``running``; a third of a ``t`` row's bytes). A row of the other kinds
+ends with the task's ``__dict__``: the fields that differ from their class default (rare spec
+fields, timings, worker, error, result; ``Task`` keeps the payload in a slot so that state rows
+do not repeat it). A dict field missing from a state row is back at its default. ``fc`` holds
+the fair-share counters of these tasks' tenants after the changes (of all tenants when there are
+few: counters are absolute values, so more of them do no harm), ``retrying`` the failed or
+timed-out tasks whose retry is still to come.
 
 Journals written before the row format hold one dict per change with a kind ``k`` (``submit``,
 ``start``, ``progress``, ``requeue``, ``retry``, ``finish``, ``cancel``, ``state``), its
@@ -57,6 +61,7 @@ __all__ = [
     "ROW_END",
     "ROW_FINAL",
     "ROW_PROGRESS",
+    "ROW_START",
     "ROW_STATE",
     "ROW_SUBMIT",
     "SLOT_STATE_FIELDS",
@@ -198,12 +203,28 @@ ROW_STATE: tuple[str, ...] = ("id", "enqueued_at", *SLOT_STATE_FIELDS, "__dict__
 #: An outcome whose ``s`` row is in the same segment: what a final task still uses.
 ROW_END: tuple[str, ...] = ("id", "level", "attempts", "service_s", "steps", "__dict__")
 ROW_PROGRESS: tuple[str, ...] = ("id", *PROGRESS_FIELDS)
+#: What ``SchedulerCore.start`` sets on a queued task (and ``level``, which a boost may have
+#: changed without a transition).
+ROW_START: tuple[str, ...] = (
+    "id",
+    "level",
+    "attempts",
+    "quantum_used",
+    "started_at",
+    "first_start",
+    "worker",
+)
 assert all(n in _SLOTS for n in ROW_SUBMIT + ROW_PROGRESS), "a row reads slots and __dict__"
 _submit_row = operator.attrgetter(*ROW_SUBMIT)
 _final_row = operator.attrgetter(*ROW_FINAL)
 _state_row = operator.attrgetter(*ROW_STATE)
 _end_row = operator.attrgetter(*ROW_END)
 _progress_row = operator.attrgetter(*ROW_PROGRESS)
+_start_row = operator.attrgetter(*ROW_START)
+_get_state = operator.attrgetter("state")
+_get_tenant = operator.attrgetter("tenant")
+#: Up to this many tenants, a record carries every counter (no pass over its tasks' tenants).
+_ALL_COUNTERS = 16
 
 
 def rows_record(
@@ -214,43 +235,47 @@ def rows_record(
     retrying: list[str],
     ended: Sequence[Task] = (),
     ended_here: Sequence[Task] = (),
+    starts: Sequence[Task] = (),
 ) -> dict[str, Any]:
     """One drain's changes as a ``rows`` record: ``new`` tasks (first record), ``changed`` (a
     transition), ``touched`` (progress only), ``ended`` (a final outcome, new or not: written
     whole, so the results files can be made from the journal alone), ``ended_here`` (a final
-    outcome of a task whose ``s`` row is in the segment this record goes to: a state row);
-    ``counters``: the fair-share counters by tenant; ``retrying``: ids of the failed or
-    timed-out tasks among them that will be retried."""
-    value = _VALUE
-    rec: dict[str, Any] = {
-        "k": "rows",
-        "n": len(new) + len(changed) + len(touched) + len(ended) + len(ended_here),
-    }
+    outcome of a task whose ``s`` row is in the segment this record goes to: a state row),
+    ``starts`` (started from ``queued``, nothing else changed); ``counters``: the fair-share
+    counters by tenant; ``retrying``: ids of the failed or timed-out tasks among them that will
+    be retried."""
+    state_of = _VALUE.__getitem__
+    groups = (new, changed, touched, ended, ended_here, starts)
+    rec: dict[str, Any] = {"k": "rows", "n": sum(map(len, groups))}
     if new:
         rec["sf"] = ROW_SUBMIT
         rec["s"] = list(map(_submit_row, new))
-        rec["ss"] = [value[t.state] for t in new]
+        rec["ss"] = list(map(state_of, map(_get_state, new)))
     if changed:
         rec["tf"] = ROW_STATE
         rec["t"] = list(map(_state_row, changed))
-        rec["ts"] = [value[t.state] for t in changed]
+        rec["ts"] = list(map(state_of, map(_get_state, changed)))
     if touched:
         rec["pf"] = ROW_PROGRESS
         rec["p"] = list(map(_progress_row, touched))
     if ended:
         rec["ff"] = ROW_FINAL
         rec["f"] = list(map(_final_row, ended))
-        rec["fs"] = [value[t.state] for t in ended]
+        rec["fs"] = list(map(state_of, map(_get_state, ended)))
     if ended_here:
         rec["ef"] = ROW_END
         rec["e"] = list(map(_end_row, ended_here))
-        rec["es"] = [value[t.state] for t in ended_here]
-    tenants = {t.tenant for t in new}
-    tenants.update(t.tenant for t in changed)
-    tenants.update(t.tenant for t in touched)
-    tenants.update(t.tenant for t in ended)
-    tenants.update(t.tenant for t in ended_here)
-    fc = {n: v for n in tenants if (v := counters.get(n))}
+        rec["es"] = list(map(state_of, map(_get_state, ended_here)))
+    if starts:
+        rec["rf"] = ROW_START
+        rec["r"] = list(map(_start_row, starts))
+    if len(counters) <= _ALL_COUNTERS:
+        fc = {n: v for n, v in counters.items() if v}
+    else:
+        tenants: set[str] = set()
+        for g in groups:
+            tenants.update(map(_get_tenant, g))
+        fc = {n: v for n in tenants if (v := counters.get(n))}
     if fc:
         rec["fc"] = fc
     if retrying:
@@ -290,6 +315,7 @@ def _setter(
 _SPEC_AND_STATE = frozenset(ROW_SUBMIT) - frozenset(_INIT_NAMES)
 _STATE_ONLY = frozenset(ROW_STATE) - {"id"}
 _PROGRESS_ONLY = frozenset(PROGRESS_FIELDS)
+_START_ONLY = frozenset(ROW_START) - {"id"}
 
 
 def replay_rows(
@@ -345,6 +371,20 @@ def replay_rows(
                 continue
             t.state = state
             marked.append(tid)
+            applied += 1
+    if "r" in rec:
+        names = rec["rf"]
+        fields = [(i, n) for i, n in enumerate(names) if n in _START_ONLY]
+        running = TaskState.RUNNING
+        for row in rec["r"]:
+            t = tasks.get(row[0]) if len(row) == len(names) else None
+            if t is None:
+                skipped += 1
+                continue
+            for i, n in fields:
+                setattr(t, n, row[i])
+            t.state = running
+            marked.append(t.id)
             applied += 1
     if "p" in rec:
         names = rec["pf"]

@@ -8,7 +8,7 @@ import pytest
 
 from raysched.errors import InvalidTransition
 from raysched.models import AuditEvent, TaskState
-from raysched.policy.lifecycle import ALLOWED, Lifecycle, LogAudit
+from raysched.policy.lifecycle import ALLOWED, CHANGED, CREATED, STARTED, Lifecycle, LogAudit
 from raysched.policy.task import Task
 
 S = TaskState
@@ -140,3 +140,27 @@ def test_full_happy_path_with_retry() -> None:
     with pytest.raises(InvalidTransition):
         lc.move(t, S.QUEUED, 99.0)
     assert t.state is S.SUCCEEDED
+
+
+def test_change_log_marks_a_lone_start_from_queued() -> None:
+    """``Lifecycle.changes``: a start from ``queued`` as the task's one transition since the log
+    was taken is ``STARTED``; any other transition, or one more after it, is ``CHANGED``; a
+    birth stays ``CREATED``."""
+    lc = Lifecycle()
+    lc.changes = {}
+    new, waiting, resumed = (Task(n, 1, 0.0) for n in ("new", "waiting", "resumed"))
+    lc.created(new, 0.0)
+    for t, path in (
+        (new, (S.QUEUED, S.RUNNING)),
+        (waiting, (S.QUEUED,)),
+        (resumed, (S.QUEUED, S.RUNNING, S.PREEMPTED)),
+    ):
+        for dst in path:
+            lc.move(t, dst, 0.0)
+    assert lc.changes == {new: CREATED, waiting: CHANGED, resumed: CHANGED}
+    lc.changes = {}
+    lc.move(waiting, S.RUNNING, 1.0)
+    lc.move(resumed, S.RUNNING, 1.0)
+    assert lc.changes == {waiting: STARTED, resumed: CHANGED}
+    lc.move(waiting, S.SUCCEEDED, 2.0)
+    assert lc.changes[waiting] == CHANGED

@@ -244,3 +244,25 @@ def test_an_unreadable_row_is_skipped_alone() -> None:
     assert (tasks["t2"].state, tasks["t2"].attempts) == (TaskState.QUEUED, 0)
     assert tasks["t3"].state is TaskState.FAILED
     assert retrying == {"t3"} and fair == {"acme": 2.5}
+
+
+def test_start_rows_set_the_start_fields_and_nothing_else() -> None:
+    """An ``r`` row: state running, the fields a start sets (and the level), as absolute values;
+    the rest of the task (service, steps, its dict) stays; unknown tasks are skipped."""
+    t = Task("a", 5, 1.0, 7, 10, "x", "batch", "echo", "default")
+    t.payload, t.state, t.steps, t.service_s = {"p": 1}, TaskState.QUEUED, 3, 0.5
+    t.quantum_used = 0.2
+    t.error, t.error_type, t.attempts = "bad", "ValueError", 1  # failed once, retrying
+    tasks: dict[str, Task] = {}
+    retrying = {"a"}
+    replay_rows(_through_json(rows_record([t], [], [], {}, ["a"])), tasks, retrying, {})
+    t.state, t.attempts, t.quantum_used = TaskState.RUNNING, 2, 0.0
+    t.started_at, t.worker, t.first_start, t.level = 9.0, "w", 2.0, 1
+    rec = _through_json(rows_record([], [], [], {"x": 1.5}, [], starts=[t]))
+    assert set(rec) == {"k", "n", "rf", "r", "fc"} and rec["n"] == 1
+    fair: dict[str, float] = {}
+    assert replay_rows(rec, tasks, retrying, fair) == (1, 0)
+    _same(tasks["a"], t, ("id", *_FIELDS, *_STATE))
+    assert retrying == set() and fair == {"x": 1.5}
+    assert replay_rows(rec, {}, set(), {}) == (0, 1)
+    assert len(dumps(rec["r"][0])) < len(dumps(rows_record([], [t], [], {}, [])["t"][0])) / 2

@@ -764,3 +764,45 @@ def test_outcome_after_a_lost_first_row_is_written_whole(
     row = st.results.get("a")
     assert row is not None and row["state"] == "succeeded"
     st.close()
+
+
+def test_a_start_is_a_short_row_unless_more_changed(tmp_path: Path) -> None:
+    """A start from ``queued`` with nothing else changed since the last drain is journaled as a
+    short ``r`` row; a start followed by progress, an outcome, or a start on a boost's loan
+    (level and ``boosted_from`` changed without a transition) get their whole rows. Recovery
+    brings each back as it was."""
+    st = open_state(tmp_path)
+    core = st.core
+    q = core.queues[POOL]
+    core.submit_many([mk("deep", max_retries=1)], 1.0)
+    (deep,) = core.dispatch(POOL, 1, 1.0, "w0")
+    for _ in range(4):  # used up four quanta: level 4
+        core.progress(deep, q.quantum(deep), 5, 1.0, requeue=False)
+    core.finish(deep, 1.0, ok=False, error_type="ValueError", error="bad")  # a retry is due
+    core.tick(2.0)
+    assert deep.state is S.QUEUED and deep.level == 4
+    core.submit_many([mk("a", at=2.0), mk("b", at=2.0), mk("c", at=2.0)], 2.0)
+    st.recorder.commit_sync()
+    at = 3.0 + core.settings.mlfq.starvation_s
+    core.tick(at)  # deep waited long enough: boosted, without a transition
+    assert deep.boosted_from == 4 and deep.level == 0
+    started = {t.id: t for t in core.dispatch(POOL, 4, at, "w1")}
+    assert set(started) == {"a", "b", "c", "deep"}
+    core.progress(started["b"], 0.01, 2, at)
+    st.recorder.touch(started["b"])
+    core.finish(started["c"], at, ok=True, result={"ok": 1})
+    st.recorder.commit_sync()
+    last = list(st.journal.replay())[-1]
+    assert [r[0] for r in last["r"]] == ["a"]
+    assert sorted(r[0] for r in last["t"]) == ["b", "deep"]
+    assert [r[0] for r in last["e"]] == ["c"]
+    crash(st)
+    st2 = open_state(tmp_path, now=at + 1)
+    got = st2.core.tasks
+    for tid in ("a", "b"):  # running when the scheduler died: redelivered, the start counted
+        assert (got[tid].state, got[tid].attempts, got[tid].redeliveries) == (S.QUEUED, 1, 1)
+        assert (got[tid].first_start, got[tid].worker) == (at, "w1")
+    assert got["b"].steps == 2
+    assert (got["deep"].attempts, got["deep"].boosted_from) == (2, 4)
+    assert got["c"].state is S.SUCCEEDED and got["c"].result == {"ok": 1}
+    st2.close()

@@ -96,6 +96,7 @@ class Recorder:
         waiting = core.retrying
         terminal = _TERMINAL
         new: list[Task] = []
+        fresh: list[Task] = []  # new, not started yet: its state fields are at their defaults
         changed: list[Task] = []
         ended: list[Task] = []
         starts: list[Task] = []  # a start from queued is all that changed: a short row
@@ -123,7 +124,12 @@ class Recorder:
                     ended.append(t)
                     continue
                 retrying.append(t.id)
-            (new if mark & CREATED else changed).append(t)
+            if not mark & CREATED:
+                changed.append(t)
+            elif t.attempts == 0 and t.enqueued_at == t.arrival:
+                fresh.append(t)
+            else:
+                new.append(t)
         # starts held long enough (or all, for ``everything``); ``order`` may name a task that
         # changed since (popped from ``held`` above) or was held again (named twice)
         while order:
@@ -141,10 +147,11 @@ class Recorder:
                 changed.extend(t for t in starts if t in touched)
                 starts = [t for t in starts if t not in touched]
             touched.difference_update(new)
+            touched.difference_update(fresh)
             touched.difference_update(changed)
             touched.difference_update(ended)
             touched.difference_update(held)
-        if not (new or changed or touched or ended or starts):
+        if not (new or fresh or changed or touched or ended or starts):
             return []
         self.ended += len(ended)
         # the record goes to the journal's current segment (drains and rotations happen on one
@@ -165,9 +172,18 @@ class Recorder:
                     whole.append(t)
             ended = whole
         here.update(new)
+        here.update(fresh)
         return [
             rows_record(
-                new, changed, list(touched), core.fair.counters, retrying, ended, ended_here, starts
+                new,
+                changed,
+                list(touched),
+                core.fair.counters,
+                retrying,
+                ended,
+                ended_here,
+                starts,
+                fresh,
             )
         ]
 

@@ -13,6 +13,7 @@ encodes an Enum member about ten times slower than a str)::
 
     {"k": "rows", "n": rows,
      "sf": ROW_SUBMIT, "s": [[...], ...], "ss": ["queued", ...],
+     "qf": ROW_NEW, "q": [[...], ...], "qs": ["queued", ...],
      "tf": ROW_STATE, "t": [[...], ...], "ts": [...],
      "ff": ROW_FINAL, "f": [[...], ...], "fs": ["succeeded", ...],
      "ef": ROW_END, "e": [[...], ...], "es": ["succeeded", ...],
@@ -20,7 +21,9 @@ encodes an Enum member about ten times slower than a str)::
      "rf": ROW_START, "r": [[...], ...],
      "fc": {tenant: counter}, "retrying": [id, ...]}
 
-``s`` is the first record of a task (its spec and state), ``t`` a transition (the full state),
+``s`` is the first record of a task (its spec and state), ``q`` the same for a task that has not
+started yet (no attempts, enqueued at its arrival): the state fields still at their defaults are
+left out (a third of an ``s`` row's fields), ``t`` a transition (the full state),
 ``f`` (``ff``, ``fs``: as ``s``) a final outcome, spec included but not the payload, so that the
 results files can be made from the journal alone (``results.convert_segments``), ``e`` a final
 outcome whose task's ``s`` row is in the same journal segment: only what an ended task still
@@ -60,6 +63,7 @@ __all__ = [
     "RARE_SPEC",
     "ROW_END",
     "ROW_FINAL",
+    "ROW_NEW",
     "ROW_PROGRESS",
     "ROW_START",
     "ROW_STATE",
@@ -197,6 +201,9 @@ ROW_SUBMIT: tuple[str, ...] = (
     *SLOT_STATE_FIELDS,
     "__dict__",
 )
+#: A first row of a task that has not started: the state fields that may differ from the
+#: defaults then (``Task.__init__``: ``enqueued_at`` is the arrival, the rest zero).
+ROW_NEW: tuple[str, ...] = (*_INIT_NAMES, "payload", "level", "depth", "__dict__")
 #: A final row: a submit row without the payload (a final task needs it no more).
 ROW_FINAL: tuple[str, ...] = tuple(n for n in ROW_SUBMIT if n != "payload")
 ROW_STATE: tuple[str, ...] = ("id", "enqueued_at", *SLOT_STATE_FIELDS, "__dict__")
@@ -216,6 +223,7 @@ ROW_START: tuple[str, ...] = (
 )
 assert all(n in _SLOTS for n in ROW_SUBMIT + ROW_PROGRESS), "a row reads slots and __dict__"
 _submit_row = operator.attrgetter(*ROW_SUBMIT)
+_new_row = operator.attrgetter(*ROW_NEW)
 _final_row = operator.attrgetter(*ROW_FINAL)
 _state_row = operator.attrgetter(*ROW_STATE)
 _end_row = operator.attrgetter(*ROW_END)
@@ -236,21 +244,27 @@ def rows_record(
     ended: Sequence[Task] = (),
     ended_here: Sequence[Task] = (),
     starts: Sequence[Task] = (),
+    fresh: Sequence[Task] = (),
 ) -> dict[str, Any]:
     """One drain's changes as a ``rows`` record: ``new`` tasks (first record), ``changed`` (a
     transition), ``touched`` (progress only), ``ended`` (a final outcome, new or not: written
     whole, so the results files can be made from the journal alone), ``ended_here`` (a final
     outcome of a task whose ``s`` row is in the segment this record goes to: a state row),
-    ``starts`` (started from ``queued``, nothing else changed); ``counters``: the fair-share
+    ``starts`` (started from ``queued``, nothing else changed), ``fresh`` (new tasks that have
+    not started: ``ROW_NEW``); ``counters``: the fair-share
     counters by tenant; ``retrying``: ids of the failed or timed-out tasks among them that will
     be retried."""
     state_of = _VALUE.__getitem__
-    groups = (new, changed, touched, ended, ended_here, starts)
+    groups = (new, changed, touched, ended, ended_here, starts, fresh)
     rec: dict[str, Any] = {"k": "rows", "n": sum(map(len, groups))}
     if new:
         rec["sf"] = ROW_SUBMIT
         rec["s"] = list(map(_submit_row, new))
         rec["ss"] = list(map(state_of, map(_get_state, new)))
+    if fresh:
+        rec["qf"] = ROW_NEW
+        rec["q"] = list(map(_new_row, fresh))
+        rec["qs"] = list(map(state_of, map(_get_state, fresh)))
     if changed:
         rec["tf"] = ROW_STATE
         rec["t"] = list(map(_state_row, changed))
@@ -336,9 +350,10 @@ def replay_rows(
         skipped += 1
         log.warning("recovery: skipping an unreadable journal row (%s): %.200r", exc, row)
 
-    # s and f rows make a task they do not find (the first record of it); t and e rows need one
+    # s, q and f rows make a task they do not find (the first record of it); t and e rows need one
     for rows_key, names_key, states_key, make in (
         ("s", "sf", "ss", True),
+        ("q", "qf", "qs", True),
         ("f", "ff", "fs", True),
         ("t", "tf", "ts", False),
         ("e", "ef", "es", False),

@@ -213,14 +213,15 @@ def _outcome_tables(
     rec: dict[str, Any], firsts: dict[str, tuple[list[str], list[Any]]], now: float
 ) -> list[pa.Table]:
     """The final outcomes in one ``rows`` record as results tables; remembers the record's
-    ``s`` rows in ``firsts`` for the state-row outcomes (``e``) of later records. Rows of the
-    wrong length or with an unknown state are skipped with a log line."""
-    if "s" in rec:
-        names = rec["sf"]
-        at = names.index("id")
-        for row in rec["s"]:
-            if len(row) == len(names):
-                firsts[row[at]] = (names, row)
+    first rows (``s``, ``q``) in ``firsts`` for the state-row outcomes (``e``) of later
+    records. Rows of the wrong length or with an unknown state are skipped with a log line."""
+    for key, names_key in (("s", "sf"), ("q", "qf")):
+        if key in rec:
+            names = rec[names_key]
+            at = names.index("id")
+            for row in rec[key]:
+                if len(row) == len(names):
+                    firsts[row[at]] = (names, row)
     out = []
     if "f" in rec:
         rows, states = _readable(rec["ff"], rec["f"], rec["fs"])
@@ -236,7 +237,7 @@ def _outcome_tables(
             if first is None:
                 log.error("results: outcome of %r without its first row: skipped", row[at])
                 continue
-            g = groups.get(id(first[0]))  # by the s rows' field list (one in practice)
+            g = groups.get(id(first[0]))  # by the first rows' field list (s or q)
             if g is None:
                 g = groups[id(first[0])] = (first[0], [], [], [])
             g[1].append(first[1])

@@ -266,3 +266,36 @@ def test_start_rows_set_the_start_fields_and_nothing_else() -> None:
     assert retrying == set() and fair == {"x": 1.5}
     assert replay_rows(rec, {}, set(), {}) == (0, 1)
     assert len(dumps(rec["r"][0])) < len(dumps(rows_record([], [t], [], {}, [])["t"][0])) / 2
+
+
+@given(
+    spec=st.fixed_dictionaries(
+        {},
+        optional={
+            "depends_on": st.lists(st.text(min_size=1, max_size=4), max_size=2).map(tuple),
+            "timeout_s": _maybe_float,
+            "max_retries": st.integers(0, 3),
+            "payload": st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+            "idempotency_key": st.one_of(st.none(), st.text(max_size=5)),
+            "level": st.integers(0, 7),
+            "depth": st.integers(0, 3),
+        },
+    ),
+    state=st.sampled_from([TaskState.PENDING, TaskState.QUEUED]),
+    size_hint=_maybe_float,
+)
+def test_a_fresh_row_brings_back_a_task_that_has_not_started(
+    spec: dict[str, Any], state: TaskState, size_hint: float | None
+) -> None:
+    """A ``q`` row (a new task with no attempts, enqueued at its arrival) leaves out the state
+    fields still at their defaults, and brings the task back whole."""
+    t = Task("t1", 5, 100.0, 3, 12, "acme", "batch", "echo", "default", size_hint, None)
+    t.state = state
+    for k, v in spec.items():
+        setattr(t, k, v)
+    rec = _through_json(rows_record([], [], [], {}, [], fresh=[t]))
+    assert "q" in rec and "s" not in rec and rec["n"] == 1
+    assert len(rec["q"][0]) < len(rows_record([t], [], [], {}, [])["s"][0])
+    tasks: dict[str, Task] = {}
+    assert replay_rows(rec, tasks, set(), {}) == (1, 0)
+    _same(tasks["t1"], t, ("id", *_FIELDS, *_STATE))

@@ -806,3 +806,23 @@ def test_a_start_is_a_short_row_unless_more_changed(tmp_path: Path) -> None:
     assert (got["deep"].attempts, got["deep"].boosted_from) == (2, 4)
     assert got["c"].state is S.SUCCEEDED and got["c"].result == {"ok": 1}
     st2.close()
+
+
+def test_new_tasks_that_have_not_started_get_short_first_rows(tmp_path: Path) -> None:
+    """A new task with no attempts, enqueued at its arrival, is journaled as a ``q`` row (its
+    state fields at their defaults are left out); one enqueued later than its arrival, or
+    started before the drain, gets a whole ``s`` row. Recovery brings each back as it was."""
+    st = open_state(tmp_path, "priority")
+    core = st.core
+    core.submit_many([mk("plain", at=2.0), mk("early", at=1.0)], 2.0)  # early: enqueued at 2.0
+    core.submit_many([mk("run", at=2.0)], 2.0)
+    core.dispatch(POOL, 1, 2.0, "w1")  # the first in the queue (plain) starts before the drain
+    st.recorder.commit_sync()
+    (rec,) = list(st.journal.replay())
+    assert [r[0] for r in rec["q"]] == ["run"]
+    assert sorted(r[0] for r in rec["s"]) == ["early", "plain"]
+    crash(st)
+    got = open_state(tmp_path, "priority", 3.0).core.tasks
+    assert (got["early"].arrival, got["early"].enqueued_at) == (1.0, 2.0)
+    assert (got["run"].state, got["run"].enqueued_at, got["run"].attempts) == (S.QUEUED, 2.0, 0)
+    assert (got["plain"].attempts, got["plain"].redeliveries) == (1, 1)

@@ -219,7 +219,7 @@ class SchedulerCore:
         stack = [(parent, depth)]
         while stack:
             p, d = stack.pop()
-            if p.depth >= d or p.state.terminal:
+            if p.depth >= d or self.is_final(p):  # a task waiting out a retry is live
                 continue
             p.depth = d
             stack.extend((self.tasks[g], d + 1) for g in p.depends_on if g in self.tasks)

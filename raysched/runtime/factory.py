@@ -269,10 +269,12 @@ class _SchedulerActor:
         )
         gc.freeze()
         # After Ray restarts the actor nobody may call it, yet the recovered queue must drain:
-        # queue a start on ourselves (it runs once the constructor returns). Every method also
-        # starts the service, in case this call is lost.
+        # queue a start on ourselves (it runs once the constructor returns). Sent from the
+        # constructor, the call can reach the GCS while it still holds the actor as restarting:
+        # it then fails at once ("The actor is restarting"), unless retried (seen once in CI: a
+        # recovered queue that nobody called sat idle). Every method also starts the service.
         try:
-            ray.get_runtime_context().current_actor.start.remote()
+            ray.get_runtime_context().current_actor.start.options(max_task_retries=-1).remote()
         except Exception as exc:  # pragma: no cover - the next call starts it instead
             log.warning("scheduler could not schedule its own start: %s", exc)
 

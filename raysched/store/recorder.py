@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from raysched.models import TaskState
 from raysched.pause import paused_gc
-from raysched.policy.lifecycle import CREATED, STARTED
+from raysched.policy.lifecycle import CHANGED, CREATED, STARTED
 from raysched.policy.task import Task
 from raysched.store.journal import Journal, settle_future
 from raysched.store.records import rows_record
@@ -58,15 +58,16 @@ class Recorder:
         self.clock = clock
         #: Final outcomes drained so far (whole rows the results files are made from).
         self.ended = 0
-        # Transitions, filled by the lifecycle (task -> CREATED | CHANGED); keyed by the task
-        # objects (the core never replaces one): no lookup by id per task.
+        # Transitions, filled by the lifecycle (task -> CREATED | CHANGED | STARTED); keyed by
+        # the task objects (the core never replaces one): no lookup by id per task.
         self._changes: dict[Task, int] = {}
         self._touched: set[Task] = set()
         # Held-back starts (task -> its marks), and the order they were held in.
         self._held: dict[Task, int] = {}
         self._held_order: deque[Task] = deque()
-        # Tasks whose ``s`` row went to journal segment ``_segment``: their outcome there is a
-        # state row (``records``, kind ``e``); the results files take the spec from the ``s`` row.
+        # Tasks whose first (``s`` or ``q``) row went to journal segment ``_segment``: their
+        # outcome there is a state row (``records``, kind ``e``); the results files take the
+        # spec from the first row.
         self._segment = -1
         self._in_segment: set[Task] = set()
         self._ticks: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
@@ -150,7 +151,10 @@ class Recorder:
             touched.difference_update(fresh)
             touched.difference_update(changed)
             touched.difference_update(ended)
-            touched.difference_update(held)
+            if held:  # progress of a held start: its row, once released, is a whole one
+                for t in touched.intersection(held):
+                    held[t] = CHANGED
+                touched.difference_update(held)
         if not (new or fresh or changed or touched or ended or starts):
             return []
         self.ended += len(ended)
@@ -201,7 +205,7 @@ class Recorder:
                     continue
                 seen.add(pid)
                 p = tasks.get(pid)
-                if p is None or p.state.terminal:
+                if p is None or self.core.is_final(p):
                     continue
                 out.append(p)
                 stack.extend(p.depends_on)

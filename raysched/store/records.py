@@ -22,22 +22,24 @@ encodes an Enum member about ten times slower than a str)::
      "fc": {tenant: counter}, "retrying": [id, ...]}
 
 ``s`` is the first record of a task (its spec and state), ``q`` the same for a task that has not
-started yet (no attempts, enqueued at its arrival): the state fields still at their defaults are
-left out (a third of an ``s`` row's fields), ``t`` a transition (the full state),
+started yet (no attempts, enqueued at its arrival): the six state fields still at their defaults
+are left out (15 fields of the 21), ``t`` a transition (the full state),
 ``f`` (``ff``, ``fs``: as ``s``) a final outcome, spec included but not the payload, so that the
 results files can be made from the journal alone (``results.convert_segments``), ``e`` a final
-outcome whose task's ``s`` row is in the same journal segment: only what an ended task still
-needs besides its spec (level, attempts, service, steps and the dict: timings, worker, result,
-error); the results files take the spec from the ``s`` row (most tasks end in the segment they
-were submitted in, and for a no-op task this row is about 210 bytes against 375 for an ``f`` row),
+outcome whose task's first (``s`` or ``q``) row is in the same journal segment: only what an
+ended task still needs besides its spec (level, attempts, service, steps and the dict: timings,
+worker, result, error); the results files take the spec from that row (most tasks end in the
+segment they were submitted in, and for a no-op task this row is about 210 bytes against 375 for
+an ``f`` row),
 ``p`` service, steps and level reported by a running task (or the depth of a parent whose new
 descendant raised it), ``r`` a start from ``queued`` that is all that changed since the task's
-last row (the state is ``running``; a third of a ``t`` row's bytes). A row of the other kinds
-ends with the task's ``__dict__``: the fields that differ from their class default (rare spec
-fields, timings, worker, error, result; ``Task`` keeps the payload in a slot so that state rows
-do not repeat it). A dict field missing from a state row is back at its default. ``fc`` holds
-the fair-share counters of these tasks' tenants after the changes (of all tenants when there are
-few: counters are absolute values, so more of them do no harm), ``retrying`` the failed or
+last row (the state is ``running``; a third of a ``t`` row's bytes). The ``s``, ``q``, ``t``,
+``f`` and ``e`` rows end with the task's ``__dict__``: the fields that differ from their class
+default (rare spec fields, timings, worker, error, result; ``Task`` keeps the payload in a slot
+so that state rows do not repeat it). A dict field missing from a state row is back at its
+default. ``fc`` holds the fair-share counters of these tasks' tenants after the changes (of all
+tenants when there are few: counters are absolute values, so more of them do no harm),
+``retrying`` the failed or
 timed-out tasks whose retry is still to come.
 
 Journals written before the row format hold one dict per change with a kind ``k`` (``submit``,
@@ -207,7 +209,7 @@ ROW_NEW: tuple[str, ...] = (*_INIT_NAMES, "payload", "level", "depth", "__dict__
 #: A final row: a submit row without the payload (a final task needs it no more).
 ROW_FINAL: tuple[str, ...] = tuple(n for n in ROW_SUBMIT if n != "payload")
 ROW_STATE: tuple[str, ...] = ("id", "enqueued_at", *SLOT_STATE_FIELDS, "__dict__")
-#: An outcome whose ``s`` row is in the same segment: what a final task still uses.
+#: An outcome whose first row is in the same segment: what a final task still uses.
 ROW_END: tuple[str, ...] = ("id", "level", "attempts", "service_s", "steps", "__dict__")
 ROW_PROGRESS: tuple[str, ...] = ("id", *PROGRESS_FIELDS)
 #: What ``SchedulerCore.start`` sets on a queued task (and ``level``, which a boost may have
@@ -249,11 +251,10 @@ def rows_record(
     """One drain's changes as a ``rows`` record: ``new`` tasks (first record), ``changed`` (a
     transition), ``touched`` (progress only), ``ended`` (a final outcome, new or not: written
     whole, so the results files can be made from the journal alone), ``ended_here`` (a final
-    outcome of a task whose ``s`` row is in the segment this record goes to: a state row),
+    outcome of a task whose first row is in the segment this record goes to: a state row),
     ``starts`` (started from ``queued``, nothing else changed), ``fresh`` (new tasks that have
-    not started: ``ROW_NEW``); ``counters``: the fair-share
-    counters by tenant; ``retrying``: ids of the failed or timed-out tasks among them that will
-    be retried."""
+    not started: ``ROW_NEW``); ``counters``: the fair-share counters by tenant; ``retrying``:
+    ids of the failed or timed-out tasks among them that will be retried."""
     state_of = _VALUE.__getitem__
     groups = (new, changed, touched, ended, ended_here, starts, fresh)
     rec: dict[str, Any] = {"k": "rows", "n": sum(map(len, groups))}
@@ -392,7 +393,10 @@ def replay_rows(
         fields = [(i, n) for i, n in enumerate(names) if n in _START_ONLY]
         running = TaskState.RUNNING
         for row in rec["r"]:
-            t = tasks.get(row[0]) if len(row) == len(names) else None
+            if len(row) != len(names):
+                bad(row, "length")
+                continue
+            t = tasks.get(row[0])
             if t is None:
                 skipped += 1
                 continue

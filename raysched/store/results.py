@@ -173,12 +173,13 @@ def convert_segments(job: ConvertJob) -> ConvertReport:
     task redone after a crash) gets two rows; reads keep the first. The columns are taken from
     the journal's rows as they are, without task objects (about 13 µs per outcome in all,
     decoding and writing included, against 26 when it rebuilt tasks). A state-row outcome
-    (``e``) takes its task's spec from the task's ``s`` row, earlier in the same segment."""
+    (``e``) takes its task's spec from the task's first (``s`` or ``q``) row, earlier in the
+    same segment."""
     with paused_gc():
         journal = Journal(job.journal_dir, sync="off")  # read only: never locked or written
         parts: list[pa.Table] = []
         for seg in job.segments:
-            firsts: dict[str, tuple[list[str], list[Any]]] = {}  # id -> s row, this segment
+            firsts: dict[str, tuple[list[str], list[Any]]] = {}  # id -> first row, this segment
             for batch in journal.replay_batches(seg, seg + 1):
                 for rec in batch:
                     if not isinstance(rec, dict) or rec.get("k") != "rows":
@@ -265,7 +266,7 @@ def _columns(
     now: float,
 ) -> pa.Table:
     """A results table from positional rows (``names``), their states, and for state rows the
-    matching ``s`` rows (``spec``) that hold what the state rows lack."""
+    matching first rows (``spec``) that hold what the state rows lack."""
     cols = list(zip(*rows, strict=True))
     where = {n: cols[i] for i, n in enumerate(names)}
     if spec is not None:

@@ -39,14 +39,17 @@ def _same(a: Task, b: Task, names: tuple[str, ...]) -> None:
 
 
 _maybe_float = st.one_of(st.none(), st.floats(0, 1e6, allow_nan=False))
+_SPEC: dict[str, st.SearchStrategy[Any]] = {
+    "depends_on": st.lists(st.text(min_size=1, max_size=4), max_size=2).map(tuple),
+    "timeout_s": _maybe_float,
+    "max_retries": st.integers(0, 3),
+    "payload": st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    "idempotency_key": st.one_of(st.none(), st.text(max_size=5)),
+}
 _changes = st.fixed_dictionaries(
     {},
     optional={
-        "depends_on": st.lists(st.text(min_size=1, max_size=4), max_size=2).map(tuple),
-        "timeout_s": _maybe_float,
-        "max_retries": st.integers(0, 3),
-        "payload": st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-        "idempotency_key": st.one_of(st.none(), st.text(max_size=5)),
+        **_SPEC,
         "preemptible": st.booleans(),
         "gpu_memory_mb": st.one_of(st.none(), st.integers(0, 80_000)),
         "level": st.integers(0, 7),
@@ -270,16 +273,7 @@ def test_start_rows_set_the_start_fields_and_nothing_else() -> None:
 
 @given(
     spec=st.fixed_dictionaries(
-        {},
-        optional={
-            "depends_on": st.lists(st.text(min_size=1, max_size=4), max_size=2).map(tuple),
-            "timeout_s": _maybe_float,
-            "max_retries": st.integers(0, 3),
-            "payload": st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-            "idempotency_key": st.one_of(st.none(), st.text(max_size=5)),
-            "level": st.integers(0, 7),
-            "depth": st.integers(0, 3),
-        },
+        {}, optional={**_SPEC, "level": st.integers(0, 7), "depth": st.integers(0, 3)}
     ),
     state=st.sampled_from([TaskState.PENDING, TaskState.QUEUED]),
     size_hint=_maybe_float,

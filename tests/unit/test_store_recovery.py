@@ -826,3 +826,52 @@ def test_new_tasks_that_have_not_started_get_short_first_rows(tmp_path: Path) ->
     assert (got["early"].arrival, got["early"].enqueued_at) == (1.0, 2.0)
     assert (got["run"].state, got["run"].enqueued_at, got["run"].attempts) == (S.QUEUED, 2.0, 0)
     assert (got["plain"].attempts, got["plain"].redeliveries) == (1, 1)
+
+
+@pytest.mark.parametrize("change", ["progress", "depth"])
+def test_progress_while_a_start_is_held_reaches_the_journal(tmp_path: Path, change: str) -> None:
+    """``hold_starts_s``: progress reported (or a depth raised by a new child) while a start is
+    held back is not dropped; the start, once released, is written whole."""
+    clock = [1.0]
+    st = open_state(tmp_path, "priority")
+    st.recorder.hold_starts_s = 0.5
+    st.recorder.clock = lambda: clock[0]
+    core = st.core
+    core.submit_many([mk("par")], 1.0)
+    st.recorder.commit_sync()
+    (t,) = core.dispatch(POOL, 1, 1.0, "w1")
+    st.recorder.commit_sync()  # the start is held
+    clock[0] = 1.2
+    if change == "progress":
+        core.progress(t, 0.3, 7, 1.2)
+        st.recorder.touch(t)
+    else:
+        core.submit(mk("kid", at=1.2, depends_on=("par",)), 1.2)
+        core.cancel("kid", 1.2)
+    st.recorder.commit_sync()  # still held
+    clock[0] = 2.0
+    st.recorder.commit_sync()  # released
+    want = (t.steps, t.service_s, t.depth)
+    assert want != (0, 0.0, 0)
+    crash(st)
+    got = open_state(tmp_path, "priority", 3.0).core.tasks["par"]
+    assert (got.steps, got.service_s, got.depth) == want
+    assert (got.attempts, got.redeliveries) == (1, 1)
+
+
+def test_a_child_raises_the_depth_of_a_parent_waiting_out_a_retry(tmp_path: Path) -> None:
+    """A parent in its retry backoff is live: a new child raises its depth (a scoring factor),
+    the journal has it, and recovery brings back the same depth."""
+    st = open_state(tmp_path)
+    core = st.core
+    core.submit_many([mk("par", max_retries=1)], 1.0)
+    (par,) = core.dispatch(POOL, 1, 1.0, "w1")
+    core.finish(par, 1.1, ok=False, error_type="ValueError", error="bad")
+    st.recorder.commit_sync()
+    assert par.state is S.FAILED and not core.is_final(par)
+    core.submit_many([mk("kid", at=1.2, depends_on=("par",))], 1.2)
+    assert par.depth == 1
+    st.recorder.commit_sync()
+    crash(st)
+    got = open_state(tmp_path, now=1.3).core.tasks
+    assert (got["par"].depth, got["kid"].state) == (1, S.PENDING)

@@ -132,12 +132,7 @@ class SchedulerCore:
             dup = self.find_duplicate(t)
             if dup is not None:
                 return [dup]
-            s = self.settings
-            if self._live >= s.max_queued or (
-                s.max_queued_per_tenant is not None
-                and self._live_by_tenant.get(t.tenant, 0) >= s.max_queued_per_tenant
-            ):
-                self._admit_check((t,))  # raises QueueFull with the reason
+            self._admit_check((t,))
             if t.depends_on:
                 DependencyGraph.check_batch({t.id: t.depends_on}, self.tasks)
             self._accept(t, now)
@@ -166,20 +161,19 @@ class SchedulerCore:
                 self._accept(fresh[tid], now)
         return [o if o is not None else fresh[b.id] for o, b in zip(out, batch, strict=True)]
 
-    def _admit_check(self, tasks: Iterable[Task]) -> None:
+    def _admit_check(self, tasks: Collection[Task]) -> None:
         s = self.settings
-        by_tenant: dict[str, int] = {}
-        n = 0
-        for t in tasks:
-            n += 1
-            by_tenant[t.tenant] = by_tenant.get(t.tenant, 0) + 1
-        if self._live + n > s.max_queued:
+        if self._live + len(tasks) > s.max_queued:
             raise QueueFull(f"scheduler is at capacity ({s.max_queued} live tasks)")
         cap = s.max_queued_per_tenant
-        if cap is not None:
-            for tenant, k in by_tenant.items():
-                if self._live_by_tenant.get(tenant, 0) + k > cap:
-                    raise QueueFull(f"tenant {tenant!r} is at its quota of {cap} live tasks")
+        if cap is None:  # the default: no count per tenant to make
+            return
+        by_tenant: dict[str, int] = {}
+        for t in tasks:
+            by_tenant[t.tenant] = by_tenant.get(t.tenant, 0) + 1
+        for tenant, k in by_tenant.items():
+            if self._live_by_tenant.get(tenant, 0) + k > cap:
+                raise QueueFull(f"tenant {tenant!r} is at its quota of {cap} live tasks")
 
     def _accept(self, t: Task, now: float) -> None:
         if t.pool not in self.queues:

@@ -228,9 +228,8 @@ class VirtualReplay:
         # bound once: these run several times per event
         quantum_of, next_level, rank_at = q.quantum_of, q.next_level, q.rank_at
         peek, preempt_rank = q.peek, q.preempt_rank
-        # quantum_of as a table (levels beyond the schedule, if any, ask the queue)
-        nlev = self.settings.mlfq.levels
-        qtab = tuple(quantum_of(i) for i in range(nlev))
+        # quantum_of as a table: a task's level never passes the schedule's last one
+        qtab = tuple(quantum_of(i) for i in range(self.settings.mlfq.levels))
 
         def plan(w: _Worker, t: Task, now: float, extra: float = 0.0) -> None:
             """Schedule the end of ``t``'s next chunk on ``w``. While nothing queued could outrank
@@ -241,7 +240,7 @@ class VirtualReplay:
             tot = total[t.id]
             left = tot - done
             lvl = t.level
-            budget = (qtab[lvl] if lvl < nlev else quantum_of(lvl)) - t.quantum_used
+            budget = qtab[lvl] - t.quantum_used
             budget = budget * qs if budget > 0.0 else 0.0
             if budget < left:
                 head = peek()
@@ -256,7 +255,7 @@ class VirtualReplay:
                     if hr is not None and r is not None and hr < r:
                         break
                     lvl = nl
-                    budget += (qtab[nl] if nl < nlev else quantum_of(nl)) * qs
+                    budget += qtab[nl] * qs
             target = tot if budget >= left else min(tot, boundary_after(t, done + budget))
             w.chunk_start = now
             w.extra = extra
@@ -270,14 +269,14 @@ class VirtualReplay:
             """Rank of ``t``, running on ``w``, as of now: its chunk may be past some quanta."""
             used = t.quantum_used + (now_ - w.chunk_start) / qs
             lvl = t.level
-            qo = qtab[lvl] if lvl < nlev else quantum_of(lvl)
+            qo = qtab[lvl]
             while used >= qo:
                 nl = next_level(t, lvl)
                 if nl == lvl:
                     break
                 used -= qo
                 lvl = nl
-                qo = qtab[lvl] if lvl < nlev else quantum_of(lvl)
+                qo = qtab[lvl]
             return rank_at(t, lvl)
 
         def current_rank(t: Task) -> tuple[float, ...] | None:

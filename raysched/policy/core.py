@@ -99,6 +99,7 @@ class SchedulerCore:
             scorer=self.scorer,
             starvation_s=self.settings.mlfq.starvation_s,
             hint_join=self.settings.mlfq.hint_join,
+            learn_first_slice=self.settings.mlfq.learn_first_slice,
         )
         self.running[name] = {}
 
@@ -301,7 +302,8 @@ class SchedulerCore:
         """Mark a task that left the queue (``dispatch`` or ``plan_preemption``) as running."""
         if t.state is S.QUEUED:
             t.attempts += 1
-            t.quantum_used = 0.0
+            # a fresh attempt: a negative start stretches its first quantum (see ``sizes``)
+            t.quantum_used = -self.queues[t.pool].first_credit(t)
             t.started_at = now
         self.lifecycle.move(
             t, S.RUNNING, now, "dispatched" if t.attempts == 1 else f"attempt {t.attempts}"
@@ -466,6 +468,7 @@ class SchedulerCore:
             d.pop("error", None)
             d.pop("error_type", None)
             self.lifecycle.move(t, S.SUCCEEDED, now, "done")
+            self.queues[t.pool].observe(t)
             self._retire(t)
             changed: list[Task] = []
             for cid in self.deps.succeeded(t.id):

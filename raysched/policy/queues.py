@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 
 from raysched.policy.levels import LevelSchedule
 from raysched.policy.scoring import CostModel, Scorer
+from raysched.policy.sizes import SizeSample
 from raysched.policy.task import Task
 
 __all__ = [
@@ -116,6 +117,15 @@ class TaskQueue(ABC):
 
     def rescore(self, now: float) -> None:
         """Recompute time-dependent scores (MLFQ)."""
+
+    def observe(self, task: Task) -> None:
+        """A task of this queue succeeded: its service tells about tasks like it (MLFQ learns its
+        first slice from it)."""
+
+    def first_credit(self, task: Task) -> float:
+        """Service beyond its level's quantum that ``task`` may use in its first slice of an
+        attempt (MLFQ: the learned Gittins slice)."""
+        return 0.0
 
 
 class _DequeBuckets(TaskQueue):
@@ -310,7 +320,10 @@ class MLFQQueue(_DequeBuckets):
     within about ``starvation_s`` plus the boosted work ahead of it. The boost is a loan of one
     slice: when that quantum is used the task returns to the level it was lifted from, so boosts
     keep long tasks moving without re-running them through every short level. Tiers stay
-    strict."""
+    strict.
+
+    A task without a hint starts each attempt with a first quantum stretched to the slice learned
+    from finished tasks of its tier and handler (``sizes.SizeSample``; ``first_credit``)."""
 
     def __init__(
         self,
@@ -320,8 +333,10 @@ class MLFQQueue(_DequeBuckets):
         starvation_s: float = 15.0,
         cost: CostModel | None = None,
         hint_join: bool = True,
+        learn_first_slice: bool = True,
     ) -> None:
         super().__init__()
+        self.sizes = SizeSample() if learn_first_slice else None
         self.levels = levels or LevelSchedule()
         self.scorer = scorer or Scorer()
         self.cost = cost or self.scorer.cost
@@ -357,6 +372,25 @@ class MLFQQueue(_DequeBuckets):
             first = task.prompt_tokens * self._prefill if task.prompt_tokens else (hint or 0.0)
             level = bisect_left(self._quanta, first)
         task.level = min(level, self._last)
+
+    def _first_step(self, task: Task) -> float:
+        """The first step (the prefill) in the schedule's unit."""
+        if self._hint_unit == 1.0:
+            return task.prompt_tokens * self._prefill
+        return 1.0
+
+    def observe(self, task: Task) -> None:
+        if self.sizes is not None:
+            used = task.service_s if self._hint_unit == 1.0 else float(task.steps)
+            self.sizes.observe((task.priority, task.kind), max(0.0, used - self._first_step(task)))
+
+    def first_credit(self, task: Task) -> float:
+        if self.sizes is None or (task.size_hint is not None and self.hint_join):
+            return 0.0
+        d = self.sizes.first_slice((task.priority, task.kind))
+        if d <= 0.0:
+            return 0.0
+        return max(0.0, self._first_step(task) + d - self.quantum_of(task.level))
 
     def _key(self, task: Task, now: float) -> int:
         b = _BANDS - int(self._score(task, now) * self._band_scale)
@@ -505,6 +539,7 @@ def make_queue(
     scorer: Scorer | None = None,
     starvation_s: float = 15.0,
     hint_join: bool = True,
+    learn_first_slice: bool = True,
 ) -> TaskQueue:
     p = Policy(policy)
     if p is Policy.FCFS:
@@ -513,4 +548,10 @@ def make_queue(
         return PriorityQueue()
     if p is Policy.SRPT:
         return SRPTQueue()
-    return MLFQQueue(levels, scorer, starvation_s=starvation_s, hint_join=hint_join)
+    return MLFQQueue(
+        levels,
+        scorer,
+        starvation_s=starvation_s,
+        hint_join=hint_join,
+        learn_first_slice=learn_first_slice,
+    )

@@ -1,0 +1,82 @@
+"""What finished tasks say about the size of new ones: a bounded sample of the service each class of
+task (tier and handler) needed, and the first slice that the Gittins index gives a task of that
+class before it may be demoted.
+
+Without a size hint the scheduler knows only a task's class and the service it has had. For such
+blind scheduling the Gittins index is the optimal order (Gittins; Scully et al., "SOAP", 2018): a
+task that has had no service is worth running for the slice ``d`` that maximises
+``P(X <= d) / E[min(X, d)]`` over the class's size distribution ``X``. When sizes have a floor (a
+Pareto tail: hardly any answer is shorter than its scale) that slice is long: preempting a task
+just before it is likely to finish wastes the work already done. MLFQ's short first quanta assume
+the opposite (the least served task is the most likely to finish soon), which holds only past the
+floor. So a task's first quantum is stretched to cover the learned slice; past it, levels demote it
+as before (least attained service)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+__all__ = ["SizeSample"]
+
+
+class SizeSample:
+    """Per class, the last ``capacity`` services (in the level schedule's unit) of tasks that
+    succeeded; the Gittins first slice is recomputed every ``every`` new ones, once ``min_samples``
+    are in. Not persisted: after a restart the sample is learned again."""
+
+    def __init__(self, capacity: int = 1024, min_samples: int = 100, every: int = 128) -> None:
+        if capacity < 1 or min_samples < 1 or every < 1:
+            raise ValueError("capacity, min_samples and every must be >= 1")
+        self.capacity = capacity
+        self.min_samples = min(min_samples, capacity)
+        self.every = every
+        self._ring: dict[Hashable, list[float]] = {}
+        self._next: dict[Hashable, int] = {}  # ring position of the next write
+        self._count: dict[Hashable, int] = {}  # observations since the slice was last computed
+        self._slice: dict[Hashable, float] = {}
+
+    def observe(self, cls: Hashable, service: float) -> None:
+        ring = self._ring.get(cls)
+        if ring is None:
+            ring = self._ring[cls] = []
+            self._next[cls] = 0
+            self._count[cls] = 0
+        if len(ring) < self.capacity:
+            ring.append(service)
+        else:
+            i = self._next[cls]
+            ring[i] = service
+            self._next[cls] = (i + 1) % self.capacity
+        c = self._count[cls] + 1
+        if c >= self.every and len(ring) >= self.min_samples:
+            self._slice[cls] = first_slice(ring)
+            c = 0
+        self._count[cls] = c
+
+    def first_slice(self, cls: Hashable) -> float:
+        """The learned slice for ``cls``; 0 until enough of its tasks have finished."""
+        return self._slice.get(cls, 0.0)
+
+    def samples(self, cls: Hashable) -> int:
+        return len(self._ring.get(cls, ()))
+
+
+def first_slice(services: list[float]) -> float:
+    """The ``d`` among the sample's values that maximises ``P(X <= d) / E[min(X, d)]`` (the Gittins
+    index of a task with no service yet); 0 for an empty sample or one of zeros."""
+    xs = sorted(services)
+    n = len(xs)
+    best, best_d = -1.0, 0.0
+    prefix = 0.0
+    for i, x in enumerate(xs):
+        prefix += x
+        if i + 1 < n and xs[i + 1] == x:
+            continue  # P(X <= x) counts every equal value
+        k = i + 1
+        work = prefix + x * (n - k)  # n x E[min(X, x)]
+        if work <= 0.0:
+            continue
+        v = k / work
+        if v > best:
+            best, best_d = v, x
+    return best_d

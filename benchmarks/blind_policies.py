@@ -80,7 +80,7 @@ def fluid(jobs: list[Job], rank: Callable[[Job], tuple[float, ...]], dt: float) 
                 done += 1
         present = [j for j in present if j["fin"] is None]
         t += dt
-    return sum(j["fin"] - j["arr"] for j in jobs) / n
+    return float(sum(j["fin"] - j["arr"] for j in jobs) / n)
 
 
 def run_trace(dist: str, seed: int, tasks: int, dt: float) -> dict[str, float]:

@@ -21,10 +21,11 @@ __all__ = ["SizeSample"]
 
 class SizeSample:
     """Per class, the last ``capacity`` services (in the level schedule's unit) of tasks that
-    succeeded; the Gittins first slice is recomputed every ``every`` new ones, once ``min_samples``
-    are in. Not persisted: after a restart the sample is learned again."""
+    succeeded. The Gittins first slice is computed once ``min_samples`` are in, then again every
+    ``every`` new ones (a sort and a pass over the sample). Not persisted: after a restart the
+    sample is learned again."""
 
-    def __init__(self, capacity: int = 1024, min_samples: int = 100, every: int = 128) -> None:
+    def __init__(self, capacity: int = 1024, min_samples: int = 100, every: int = 256) -> None:
         if capacity < 1 or min_samples < 1 or every < 1:
             raise ValueError("capacity, min_samples and every must be >= 1")
         self.capacity = capacity
@@ -48,7 +49,7 @@ class SizeSample:
             ring[i] = service
             self._next[cls] = (i + 1) % self.capacity
         c = self._count[cls] + 1
-        if c >= self.every and len(ring) >= self.min_samples:
+        if len(ring) >= self.min_samples and (c >= self.every or cls not in self._slice):
             self._slice[cls] = first_slice(ring)
             c = 0
         self._count[cls] = c

@@ -55,13 +55,18 @@ def test_slice_maximises_the_index_over_the_sample(xs: list[float]) -> None:
 
 # -- the per-class sample ---------------------------------------------------------------------
 def test_sample_learns_per_class_after_min_samples() -> None:
-    s = SizeSample(capacity=8, min_samples=4, every=2)
+    s = SizeSample(capacity=8, min_samples=4, every=3)
     for _ in range(3):
         s.observe("a", 1.0)
     assert s.first_slice("a") == 0.0  # 3 < min_samples
     s.observe("a", 1.0)
-    assert s.first_slice("a") == 1.0
+    assert s.first_slice("a") == 1.0  # computed at once
     assert s.first_slice("b") == 0.0  # classes learn apart
+    s.observe("a", 0.1)
+    s.observe("a", 0.1)
+    assert s.first_slice("a") == 1.0  # not again until 3 new ones
+    s.observe("a", 0.1)
+    assert s.first_slice("a") == 0.1
 
 
 def test_sample_keeps_the_last_capacity_values() -> None:
@@ -87,7 +92,7 @@ def mk(tid: str, tier: str = "batch", **fields: Any) -> Task:
 
 def _learned_core(learn: bool = True) -> tuple[SchedulerCore, float]:
     """A core whose batch tasks of handler 'simulate' finished needing 1 s (nine in ten) or 20 s
-    of decoding, 128 of them (one recompute of the slice)."""
+    of decoding, 128 of them (the slice is computed at the 100th)."""
     core = SchedulerCore(
         PolicySettings(policy="mlfq", mlfq=MLFQSettings(learn_first_slice=learn)), audit=[]
     )

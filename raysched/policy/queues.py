@@ -350,6 +350,7 @@ class MLFQQueue(_DequeBuckets):
         dec = self.cost.decode_s_per_token
         # size_hint is in seconds; a schedule in steps counts decode steps
         self._hint_unit = 1.0 if self.levels.unit == "seconds" else (1.0 / dec if dec > 0 else 0.0)
+        self._seconds = self.levels.unit == "seconds"
         self._prefill = self.cost.prefill_s_per_token
         self._recompute = self.cost.recompute
         w = self.scorer.w
@@ -375,13 +376,11 @@ class MLFQQueue(_DequeBuckets):
 
     def _first_step(self, task: Task) -> float:
         """The first step (the prefill) in the schedule's unit."""
-        if self._hint_unit == 1.0:
-            return task.prompt_tokens * self._prefill
-        return 1.0
+        return task.prompt_tokens * self._prefill if self._seconds else 1.0
 
     def observe(self, task: Task) -> None:
         if self.sizes is not None:
-            used = task.service_s if self._hint_unit == 1.0 else float(task.steps)
+            used = task.service_s if self._seconds else float(task.steps)
             self.sizes.observe((task.priority, task.kind), max(0.0, used - self._first_step(task)))
 
     def first_credit(self, task: Task) -> float:
@@ -390,7 +389,8 @@ class MLFQQueue(_DequeBuckets):
         d = self.sizes.first_slice((task.priority, task.kind))
         if d <= 0.0:
             return 0.0
-        return max(0.0, self._first_step(task) + d - self.quantum_of(task.level))
+        c = self._first_step(task) + d - self._quanta[task.level]
+        return c if c > 0.0 else 0.0
 
     def _key(self, task: Task, now: float) -> int:
         b = _BANDS - int(self._score(task, now) * self._band_scale)

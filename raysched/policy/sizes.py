@@ -14,7 +14,8 @@ as before (least attained service)."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections import deque
+from collections.abc import Hashable, Iterable
 
 __all__ = ["SizeSample"]
 
@@ -31,38 +32,31 @@ class SizeSample:
         self.capacity = capacity
         self.min_samples = min(min_samples, capacity)
         self.every = every
-        self._ring: dict[Hashable, list[float]] = {}
-        self._next: dict[Hashable, int] = {}  # ring position of the next write
-        self._count: dict[Hashable, int] = {}  # observations since the slice was last computed
+        # class -> [the last services (oldest drop out), observations since the last slice]
+        self._classes: dict[Hashable, tuple[deque[float], list[int]]] = {}
         self._slice: dict[Hashable, float] = {}
 
     def observe(self, cls: Hashable, service: float) -> None:
-        ring = self._ring.get(cls)
-        if ring is None:
-            ring = self._ring[cls] = []
-            self._next[cls] = 0
-            self._count[cls] = 0
-        if len(ring) < self.capacity:
-            ring.append(service)
-        else:
-            i = self._next[cls]
-            ring[i] = service
-            self._next[cls] = (i + 1) % self.capacity
-        c = self._count[cls] + 1
-        if len(ring) >= self.min_samples and (c >= self.every or cls not in self._slice):
+        c = self._classes.get(cls)
+        if c is None:
+            c = self._classes[cls] = (deque(maxlen=self.capacity), [0])
+        ring, count = c
+        ring.append(service)
+        count[0] += 1
+        if len(ring) >= self.min_samples and (count[0] >= self.every or cls not in self._slice):
             self._slice[cls] = first_slice(ring)
-            c = 0
-        self._count[cls] = c
+            count[0] = 0
 
     def first_slice(self, cls: Hashable) -> float:
         """The learned slice for ``cls``; 0 until enough of its tasks have finished."""
         return self._slice.get(cls, 0.0)
 
     def samples(self, cls: Hashable) -> int:
-        return len(self._ring.get(cls, ()))
+        c = self._classes.get(cls)
+        return len(c[0]) if c is not None else 0
 
 
-def first_slice(services: list[float]) -> float:
+def first_slice(services: Iterable[float]) -> float:
     """The ``d`` among the sample's values that maximises ``P(X <= d) / E[min(X, d)]`` (the Gittins
     index of a task with no service yet); 0 for an empty sample or one of zeros."""
     xs = sorted(services)

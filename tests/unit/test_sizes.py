@@ -160,3 +160,22 @@ def test_a_retry_gets_the_stretch_again_a_resumed_task_does_not() -> None:
     assert a.state is TaskState.QUEUED
     assert core.dispatch(POOL, 1, now + 10.0) == [a]
     assert core.quantum(a) == pytest.approx(PREFILL + 1.0)  # a fresh attempt: the whole slice
+
+
+def test_a_schedule_in_steps_learns_steps() -> None:
+    """With ``unit: steps`` the slice counts decode steps (the prefill is the first step)."""
+    core = SchedulerCore(
+        PolicySettings(policy="mlfq", mlfq=MLFQSettings(unit="steps", base_quantum=2)), audit=[]
+    )
+    now = 0.0
+    for i in range(100):
+        t = core.submit(mk(f"old{i}"), now)
+        core.dispatch(POOL, 1, now)
+        steps = 201 if i % 10 == 0 else 11  # the prefill and 200 or 10 decode steps
+        core.progress(t, 0.5, steps, now + 0.5)
+        now += 0.5
+        core.finish(t, now, ok=True)
+    a = core.submit(mk("a"), now)
+    core.dispatch(POOL, 1, now)
+    assert a.level == 0
+    assert core.quantum(a) == pytest.approx(11)  # level 0's 2 steps, stretched to 1 + 10

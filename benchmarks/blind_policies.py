@@ -8,12 +8,16 @@ So its means differ from the replay's; compare the gap closed, within this model
 
 - ``fcfs``; ``srpt`` (the oracle); ``tiered srpt`` (the oracle inside strict tiers);
 - ``las``: least attained service inside strict tiers -- what MLFQ's levels approximate;
-- ``gittins``: the Gittins index of each tier's true output-length distribution (sampled from
-  the generator, 200,000 draws per tier), the optimal blind order for one server (Gittins;
-  Scully et al., "SOAP", 2018); the known prefill runs first;
-- ``las + slice``: las, except that a task's first slice (the d maximising
-  P(X <= d) / E[min(X, d)] of its tier's distribution) counts as no service: the rule MLFQ's
-  ``learn_first_slice`` follows, with the distribution known instead of learned.
+- ``gittins``: the Gittins index of each tier's true decode-length distribution (sampled from
+  the generator, 200,000 draws per tier), the optimal blind order for one server when sizes are
+  all that is unknown (Gittins; Scully et al., "SOAP", 2018). Approximations: a task still in
+  its prefill ranks as a fresh one (its known remaining prefill is not priced in), and 4
+  servers are not one;
+- ``las + slice``: las on decode service, except that service within a task's first slice (the
+  d maximising P(X <= d) / E[min(X, d)] of its tier's distribution) counts as none, ties going
+  to the task further along. MLFQ's ``learn_first_slice`` stretches the first quantum to the
+  same slice, learned instead of known; after it MLFQ demotes one level at a time rather than
+  ranking by exact attained service.
 
     python benchmarks/blind_policies.py [--seeds 3 4 5] [--write]
 """

@@ -379,7 +379,8 @@ class MLFQQueue(_DequeBuckets):
         return task.prompt_tokens * self._prefill if self._seconds else 1.0
 
     def observe(self, task: Task) -> None:
-        if self.sizes is not None:
+        # one attempt only: a retried task's service covers its failed attempts too
+        if self.sizes is not None and task.attempts == 1:
             used = task.service_s if self._seconds else float(task.steps)
             self.sizes.observe((task.priority, task.kind), max(0.0, used - self._first_step(task)))
 
@@ -484,7 +485,8 @@ class MLFQQueue(_DequeBuckets):
             order.popleft()
             t.qkey = None  # the old entry goes stale; the task moves to a boosted band
             self._n -= 1
-            t.quantum_used = 0.0  # a fresh quantum at its new level
+            if t.quantum_used > 0.0:  # a fresh quantum at its new level (and any stretch left)
+                t.quantum_used = 0.0
             # Up to level 0, or to the first level whose quantum covers resuming it elsewhere;
             # either way it waits in its tier's boosted bucket (level 0, band 0), ahead of all
             # unboosted work of the tier: keyed at a deeper level it would stay behind a steady

@@ -134,12 +134,14 @@ def test_without_learning_the_first_quantum_is_the_level_s() -> None:
 
 def test_hinted_tasks_and_other_classes_get_no_stretch() -> None:
     core, now = _learned_core()
-    hinted = core.submit(mk("h", size_hint=30.0), now)
+    hinted = core.submit(mk("h", size_hint=0.04), now)  # level 0, as the others
     chat = core.submit(mk("c", "interactive"), now)  # no interactive task finished yet
     other = core.submit(mk("o", kind="embed"), now)  # another handler
-    for t in core.dispatch(POOL, 3, now):
-        assert t in (hinted, chat, other)
-        assert core.quantum(t) == pytest.approx(core.queues[POOL].quantum_of(t.level))
+    got = core.dispatch(POOL, 3, now)
+    assert set(got) == {hinted, chat, other}
+    for t in got:
+        assert t.level == 0
+        assert core.quantum(t) == pytest.approx(0.05)
 
 
 def test_a_retry_gets_the_stretch_again_a_resumed_task_does_not() -> None:
@@ -179,3 +181,37 @@ def test_a_schedule_in_steps_learns_steps() -> None:
     core.dispatch(POOL, 1, now)
     assert a.level == 0
     assert core.quantum(a) == pytest.approx(11)  # level 0's 2 steps, stretched to 1 + 10
+
+
+def test_only_first_attempt_successes_are_learned() -> None:
+    """A retried task's service covers its failed attempts: it would inflate the slice."""
+    core = SchedulerCore(PolicySettings(policy="mlfq"), audit=[])
+    now = 0.0
+    for i in range(100):
+        t = core.submit(mk(f"r{i}", max_retries=1), now)
+        core.dispatch(POOL, 1, now)
+        core.progress(t, 5.0, 1, now + 5.0)
+        core.finish(t, now + 5.0, ok=False, error="boom")
+        now += 10.0
+        core.tick(now)  # the retry's backoff is over
+        assert core.dispatch(POOL, 1, now) == [t]
+        core.progress(t, 1.0, 1, now + 1.0)
+        now += 1.0
+        core.finish(t, now, ok=True)
+    assert core.queues[POOL].sizes is not None
+    assert core.queues[POOL].sizes.samples((DEFAULT_TIERS["batch"], "simulate")) == 0
+
+
+def test_a_boost_keeps_what_is_left_of_the_stretch() -> None:
+    core, now = _learned_core()
+    a = core.submit(mk("a"), now)
+    core.dispatch(POOL, 1, now)
+    core.submit(mk("hi", "interactive"), now)
+    core.progress(a, 0.2, 20, now + 0.2)
+    plan = core.plan_preemption(POOL, now + 0.2)
+    assert plan is not None and plan[1] is a
+    core.preempt(a, now + 0.2)
+    left = core.quantum(a)
+    assert left == pytest.approx(PREFILL + 1.0 - 0.2)
+    core.tick(now + 0.2 + 20.0)  # it waited past starvation_s: boosted
+    assert core.quantum(a) == pytest.approx(left)

@@ -65,13 +65,19 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_cpu_s() -> float:
+    """CPU seconds every core of the machine has spent busy so far (Linux ``/proc/stat``)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
 def throughput(mode: str, n: int, state: str) -> dict[str, float]:
     c = make(mode, state, PoolSettings(min_workers=2, max_workers=2, slots=512))
     try:
         ready(c, 2)
         h = ray.get_actor(c.settings.actor_name, namespace=c.settings.namespace)
         pid = int(ray.get(h.pid.remote()))
-        cpu0 = _cpu_s(pid)
+        cpu0, machine0 = _cpu_s(pid), _machine_cpu_s()
         chunk = 2000
         t0 = time.perf_counter()
         for i in range(0, n, chunk):
@@ -82,11 +88,13 @@ def throughput(mode: str, n: int, state: str) -> dict[str, float]:
             time.sleep(0.005)
         rate = n / (time.perf_counter() - t0)
         cpu_us = 1e6 * (_cpu_s(pid) - cpu0) / n
+        machine_us = 1e6 * (_machine_cpu_s() - machine0) / n
         store = c.stats().get("store") or {}
         return {
             "per_s": rate,
             "journal_bytes_per_task": store.get("journal_bytes", 0) / n,
             "actor_cpu_us": cpu_us,
+            "machine_cpu_us": machine_us,
         }
     finally:
         c.shutdown()
@@ -190,27 +198,34 @@ def render(a: argparse.Namespace, res: dict[str, Any]) -> str:
         "slots; median of the rounds and every round:",
         "",
         "| store | tasks/s (median) | rounds | vs in-memory | journal B/task "
-        "| scheduler CPU µs/task (median) | vs in-memory |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| scheduler CPU µs/task (median) | vs in-memory | machine CPU µs/task (median) "
+        "| vs in-memory |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     mem_cpu = statistics.median(res["actor_cpu_us"]["memory"])
+    mem_mach = statistics.median(res["machine_cpu_us"]["memory"])
     for m in MODES:
         xs = res["throughput"][m]
         med = statistics.median(xs)
         jb = statistics.median(res["journal_bytes"][m]) if m != "memory" else 0.0
         cpu = statistics.median(res["actor_cpu_us"][m])
+        mach = statistics.median(res["machine_cpu_us"][m])
         lines.append(
             f"| {m if m != 'memory' else 'in memory (store off)'} | {med:,.0f} | "
             f"{', '.join(f'{x:,.0f}' for x in xs)} | "
             f"{'-' if m == 'memory' else f'{100 * (med / mem - 1):+.1f}%'} | "
             f"{'-' if m == 'memory' else f'{jb:.0f}'} | {cpu:.1f} | "
-            f"{'-' if m == 'memory' else f'{cpu - mem_cpu:+.1f}'} |"
+            f"{'-' if m == 'memory' else f'{cpu - mem_cpu:+.1f}'} | {mach:.1f} | "
+            f"{'-' if m == 'memory' else f'{mach - mem_mach:+.1f}'} |"
         )
     lines += [
         "",
         "Scheduler CPU: user + system seconds of the scheduler actor's process (all its "
         "threads, from `/proc`) over the run, per task; the results converter runs in a "
-        "process of its own and is not included.",
+        "process of its own and is not included. Machine CPU: busy seconds of all cores "
+        "(`/proc/stat`) over the run, per task: the scheduler, its workers and results "
+        "converter, Ray's own processes and this driver (the machine has "
+        f"{os.cpu_count()} cores).",
     ]
     lines += [
         "",
@@ -289,6 +304,7 @@ def main() -> None:
         "throughput": {m: [] for m in MODES},
         "journal_bytes": {m: [] for m in MODES},
         "actor_cpu_us": {m: [] for m in MODES},
+        "machine_cpu_us": {m: [] for m in MODES},
         "acks": {},
         "restart": [],
         "large": {},
@@ -305,21 +321,26 @@ def main() -> None:
                 res["throughput"][m].append(t["per_s"])
                 res["journal_bytes"][m].append(t["journal_bytes_per_task"])
                 res["actor_cpu_us"][m].append(t["actor_cpu_us"])
+                res["machine_cpu_us"][m].append(t["machine_cpu_us"])
                 print(
                     f"round {r} {m}: {t['per_s']:,.0f} tasks/s, "
-                    f"scheduler {t['actor_cpu_us']:.1f} µs/task",
+                    f"scheduler {t['actor_cpu_us']:.1f} µs/task, "
+                    f"machine {t['machine_cpu_us']:.1f} µs/task",
                     flush=True,
                 )
         if a.throughput_only:
             ray.shutdown()
             mem = statistics.median(res["throughput"]["memory"])
             mem_cpu = statistics.median(res["actor_cpu_us"]["memory"])
+            mem_mach = statistics.median(res["machine_cpu_us"]["memory"])
             for m in modes:
                 med = statistics.median(res["throughput"][m])
                 cpu = statistics.median(res["actor_cpu_us"][m])
+                mach = statistics.median(res["machine_cpu_us"][m])
                 print(
                     f"{m}: {med:,.0f} tasks/s ({100 * (med / mem - 1):+.1f}%), scheduler "
-                    f"{cpu:.1f} µs/task ({cpu - mem_cpu:+.1f}), {a.rounds} rounds"
+                    f"{cpu:.1f} µs/task ({cpu - mem_cpu:+.1f}), machine {mach:.1f} µs/task "
+                    f"({mach - mem_mach:+.1f}), {a.rounds} rounds"
                 )
             return
         for m in MODES:

@@ -303,7 +303,8 @@ class SchedulerCore:
         if t.state is S.QUEUED:
             t.attempts += 1
             # a fresh attempt: a negative start stretches its first quantum (see ``sizes``)
-            t.quantum_used = -self.queues[t.pool].first_credit(t)
+            c = self.queues[t.pool].first_credit(t)
+            t.quantum_used = -c if c else 0.0
             t.started_at = now
         self.lifecycle.move(
             t, S.RUNNING, now, "dispatched" if t.attempts == 1 else f"attempt {t.attempts}"

@@ -381,8 +381,11 @@ class MLFQQueue(_DequeBuckets):
     def observe(self, task: Task) -> None:
         # one attempt only: a retried task's service covers its failed attempts too
         if self.sizes is not None and task.attempts == 1:
-            used = task.service_s if self._seconds else float(task.steps)
-            self.sizes.observe((task.priority, task.kind), max(0.0, used - self._first_step(task)))
+            if self._seconds:
+                x = task.service_s - task.prompt_tokens * self._prefill
+            else:
+                x = task.steps - 1.0
+            self.sizes.observe((task.priority, task.kind), x if x > 0.0 else 0.0)
 
     def first_credit(self, task: Task) -> float:
         if self.sizes is None or (task.size_hint is not None and self.hint_join):

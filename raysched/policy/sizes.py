@@ -27,10 +27,11 @@ __all__ = ["SizeSample"]
 class SizeSample:
     """Per class, the last ``capacity`` services (in the level schedule's unit) of tasks that
     succeeded. The Gittins first slice is computed once ``min_samples`` are in, then again every
-    ``every`` new ones (a sort and a pass over the sample). Not persisted: after a restart the
+    ``every`` new ones (a sort and a pass over the sample, about 0.2 ms; by default once per
+    turnover of the sample). Not persisted: after a restart the
     sample is learned again."""
 
-    def __init__(self, capacity: int = 1024, min_samples: int = 100, every: int = 256) -> None:
+    def __init__(self, capacity: int = 1024, min_samples: int = 100, every: int = 1024) -> None:
         if capacity < 1 or min_samples < 1 or every < 1:
             raise ValueError("capacity, min_samples and every must be >= 1")
         self.capacity = capacity

@@ -26,30 +26,33 @@ __all__ = ["SizeSample"]
 
 class SizeSample:
     """Per class, the last ``capacity`` services (in the level schedule's unit) of tasks that
-    succeeded. The Gittins first slice is computed once ``min_samples`` are in, then again every
-    ``every`` new ones (a sort and a pass over the sample, about 0.2 ms; by default once per
-    turnover of the sample). Not persisted: after a restart the
+    succeeded. The Gittins first slice is computed once ``min_samples`` are in, again each time
+    the observations have doubled, and then every ``every`` new ones (a sort and a pass over the
+    sample: about 0.2 ms, so about 0.05 µs per outcome). Not persisted: after a restart the
     sample is learned again."""
 
-    def __init__(self, capacity: int = 1024, min_samples: int = 100, every: int = 1024) -> None:
+    def __init__(self, capacity: int = 1024, min_samples: int = 100, every: int = 4096) -> None:
         if capacity < 1 or min_samples < 1 or every < 1:
             raise ValueError("capacity, min_samples and every must be >= 1")
         self.capacity = capacity
         self.min_samples = min(min_samples, capacity)
         self.every = every
-        # class -> [the last services (oldest drop out), observations since the last slice]
+        # class -> (the last services, oldest dropping out; [observations since the slice was
+        # last computed, observations when it was])
         self._classes: dict[Hashable, tuple[deque[float], list[int]]] = {}
         self._slice: dict[Hashable, float] = {}
 
     def observe(self, cls: Hashable, service: float) -> None:
         c = self._classes.get(cls)
         if c is None:
-            c = self._classes[cls] = (deque(maxlen=self.capacity), [0])
+            c = self._classes[cls] = (deque(maxlen=self.capacity), [0, 0])
         ring, count = c
         ring.append(service)
         count[0] += 1
-        if len(ring) >= self.min_samples and (count[0] >= self.every or cls not in self._slice):
+        # at min_samples, then each time the observations have doubled, then every ``every``
+        if count[0] >= (min(self.every, count[1]) if count[1] else self.min_samples):
             self._slice[cls] = first_slice(ring)
+            count[1] += count[0]
             count[0] = 0
 
     def first_slice(self, cls: Hashable) -> float:

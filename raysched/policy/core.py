@@ -714,6 +714,19 @@ class SchedulerCore:
         return self._delayed[0][0] if self._delayed else math.inf
 
     # -- views ----------------------------------------------------------------------------------
+    def _slices(self, q: TaskQueue) -> dict[str, Any]:
+        """The first slices an MLFQ queue learned, by ``tier/handler`` (``policy/sizes.py``)."""
+        learned = q.learned_slices()
+        if not learned:
+            return {}
+        names = {p: n for n, p in self.settings.tiers.items()}
+        return {
+            "first_slices": {
+                f"{names.get(prio, f'p{prio}')}/{kind}": {"slice": round(d, 6), "samples": n}
+                for (prio, kind), (d, n) in sorted(learned.items())
+            }
+        }
+
     @property
     def live(self) -> int:
         return self._live
@@ -765,7 +778,7 @@ class SchedulerCore:
             "tiers": tiers,
             "levels": {str(k): v for k, v in sorted(levels.items())},
             "pools": {
-                p: {"queued": len(q), "running": len(self.running[p])}
+                p: {"queued": len(q), "running": len(self.running[p]), **self._slices(q)}
                 for p, q in self.queues.items()
             },
             "fair_share": self.fair.snapshot(),

@@ -122,6 +122,10 @@ class TaskQueue(ABC):
         """A task of this queue succeeded: its service tells about tasks like it (MLFQ learns its
         first slice from it)."""
 
+    def learned_slices(self) -> dict[tuple[int, str], tuple[float, int]]:
+        """(priority, handler) -> (learned first slice, samples held) (MLFQ)."""
+        return {}
+
     def first_credit(self, task: Task) -> float:
         """Service beyond its level's quantum that ``task`` may use in its first slice of an
         attempt (MLFQ: the learned Gittins slice)."""
@@ -386,6 +390,11 @@ class MLFQQueue(_DequeBuckets):
             else:
                 x = task.steps - 1.0
             self.sizes.observe((task.priority, task.kind), x if x > 0.0 else 0.0)
+
+    def learned_slices(self) -> dict[tuple[int, str], tuple[float, int]]:
+        if self.sizes is None:
+            return {}
+        return {k: v for k, v in self.sizes.learned().items() if isinstance(k, tuple)}
 
     def first_credit(self, task: Task) -> float:
         if self.sizes is None or (task.size_hint is not None and self.hint_join):

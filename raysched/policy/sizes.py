@@ -59,6 +59,10 @@ class SizeSample:
         """The learned slice for ``cls``; 0 until enough of its tasks have finished."""
         return self._slice.get(cls, 0.0)
 
+    def learned(self) -> dict[Hashable, tuple[float, int]]:
+        """Class -> (its slice, the samples held), for the classes with a slice."""
+        return {k: (d, len(self._classes[k][0])) for k, d in self._slice.items()}
+
     def samples(self, cls: Hashable) -> int:
         c = self._classes.get(cls)
         return len(c[0]) if c is not None else 0

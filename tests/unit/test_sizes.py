@@ -215,3 +215,12 @@ def test_a_boost_keeps_what_is_left_of_the_stretch() -> None:
     assert left == pytest.approx(PREFILL + 1.0 - 0.2)
     core.tick(now + 0.2 + 20.0)  # it waited past starvation_s: boosted
     assert core.quantum(a) == pytest.approx(left)
+
+
+def test_stats_show_the_learned_slices() -> None:
+    core, _ = _learned_core()
+    assert core.stats()["pools"][POOL]["first_slices"] == {
+        "batch/simulate": {"slice": 1.0, "samples": 128}
+    }
+    off, _ = _learned_core(learn=False)
+    assert "first_slices" not in off.stats()["pools"][POOL]

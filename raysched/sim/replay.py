@@ -283,11 +283,15 @@ class VirtualReplay:
             w = running_on.get(t.id)
             return preempt_rank(t) if w is None else rank_running(w, t)
 
-        def steps_done(t: Task, x: float) -> int:
+        def steps_between(t: Task, x0: float, x1: float) -> int:
+            """Steps completed between ``x0`` and ``x1`` of work done (the prefill is one)."""
             p = prefill[t.id]
-            if x < p - 1e-12:
+            if x1 < p - 1e-12:
                 return 0
-            return 1 + (int((x - p) / dec + 1e-9) if dec > 0 else 0)
+            n1 = 1 + (int((x1 - p) / dec + 1e-9) if dec > 0 else 0)
+            if x0 < p - 1e-12:
+                return n1
+            return n1 - 1 - (int((x0 - p) / dec + 1e-9) if dec > 0 else 0)
 
         def fill(now: float) -> None:
             i = len(free) - 1
@@ -413,7 +417,7 @@ class VirtualReplay:
                 after = before + max(0.0, w.run_service - w.extra)
                 progress[t.id] = after
                 service = w.chunk_end - w.chunk_start
-                steps = steps_done(t, after) - steps_done(t, before)
+                steps = steps_between(t, before, after)
                 w.task = None
                 reserved, w.reserved = w.reserved, None
                 if after >= total[t.id] - 1e-9:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sections import write_section
 
 from raysched.policy.sizes import first_slice
 from raysched.sim.trace import TraceSpec, generate_trace
@@ -124,16 +125,6 @@ def run_trace(dist: str, seed: int, tasks: int, dt: float) -> dict[str, float]:
     return {p: fluid(jobs, ranks[p], dt) for p in POLICIES}
 
 
-def write_section(path: Path, block: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    i, j = text.find(BEGIN), text.find(END)
-    if i >= 0 and j > i:
-        text = text[:i] + block + text[j + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5])
@@ -180,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(block)
     if args.write:
-        write_section(args.results, block)
+        write_section(args.results, BEGIN, END, block)
     return 0
 
 

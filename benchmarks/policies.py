@@ -40,6 +40,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sections import write_section
+
 from raysched.models import TraceRecord
 from raysched.policy.queues import Policy
 from raysched.settings import PolicySettings
@@ -374,17 +376,7 @@ def render(
 
 
 def write_results(path: Path, section: str) -> None:
-    block = f"{BEGIN}\n{section}{END}"
-    if path.exists():
-        text = path.read_text(encoding="utf-8")
-        i, j = text.find(BEGIN), text.find(END)
-        if i >= 0 and j > i:
-            text = text[:i] + block + text[j + len(END) :]
-        else:
-            text = text.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        text = f"# Benchmark results\n\n{block}\n"
-    path.write_text(text, encoding="utf-8")
+    write_section(path, BEGIN, END, f"{BEGIN}\n{section}{END}")
 
 
 def plot(path: Path, jcts: dict[str, dict[str, dict[str, list[float]]]], title: str) -> None:

@@ -40,7 +40,7 @@ class MLFQSettings(BaseModel):
     #: A task with a ``size_hint`` enters the level where a task of that size would finish.
     hint_join: bool = True
     #: A task without a hint gets a first quantum that covers the Gittins slice learned from
-    #: finished tasks of its tier and handler (``policy/sizes.py``).
+    #: finished tasks of its tier (``policy/sizes.py``).
     learn_first_slice: bool = True
 
     def schedule(self) -> LevelSchedule:

@@ -715,15 +715,15 @@ class SchedulerCore:
 
     # -- views ----------------------------------------------------------------------------------
     def _slices(self, q: TaskQueue) -> dict[str, Any]:
-        """The first slices an MLFQ queue learned, by ``tier/handler`` (``policy/sizes.py``)."""
+        """The first slices an MLFQ queue learned, by tier (``policy/sizes.py``)."""
         learned = q.learned_slices()
         if not learned:
             return {}
         names = {p: n for n, p in self.settings.tiers.items()}
         return {
             "first_slices": {
-                f"{names.get(prio, f'p{prio}')}/{kind}": {"slice": round(d, 6), "samples": n}
-                for (prio, kind), (d, n) in sorted(learned.items())
+                names.get(prio, f"p{prio}"): {"slice": round(d, 6), "samples": n}
+                for prio, (d, n) in sorted(learned.items())
             }
         }
 

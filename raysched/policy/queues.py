@@ -122,8 +122,8 @@ class TaskQueue(ABC):
         """A task of this queue succeeded: its service tells about tasks like it (MLFQ learns its
         first slice from it)."""
 
-    def learned_slices(self) -> dict[tuple[int, str], tuple[float, int]]:
-        """(priority, handler) -> (learned first slice, samples held) (MLFQ)."""
+    def learned_slices(self) -> dict[int, tuple[float, int]]:
+        """Priority -> (learned first slice, samples held) (MLFQ)."""
         return {}
 
     def first_credit(self, task: Task) -> float:
@@ -327,7 +327,10 @@ class MLFQQueue(_DequeBuckets):
     strict.
 
     A task without a hint starts each attempt with a first quantum stretched to the slice learned
-    from finished tasks of its tier and handler (``sizes.SizeSample``; ``first_credit``)."""
+    from finished tasks of its tier (``sizes.SizeSample``; ``first_credit``). Per tier, not per
+    handler: levels rank a tier's tasks by attained service whatever their handler, so a
+    handler's own long slice would hold off another handler's short newcomers at the same
+    level."""
 
     def __init__(
         self,
@@ -389,17 +392,17 @@ class MLFQQueue(_DequeBuckets):
                 x = task.service_s - task.prompt_tokens * self._prefill
             else:
                 x = task.steps - 1.0
-            self.sizes.observe((task.priority, task.kind), x if x > 0.0 else 0.0)
+            self.sizes.observe(task.priority, x if x > 0.0 else 0.0)
 
-    def learned_slices(self) -> dict[tuple[int, str], tuple[float, int]]:
+    def learned_slices(self) -> dict[int, tuple[float, int]]:
         if self.sizes is None:
             return {}
-        return {k: v for k, v in self.sizes.learned().items() if isinstance(k, tuple)}
+        return {k: v for k, v in self.sizes.learned().items() if isinstance(k, int)}
 
     def first_credit(self, task: Task) -> float:
         if self.sizes is None or (task.size_hint is not None and self.hint_join):
             return 0.0
-        d = self.sizes.first_slice((task.priority, task.kind))
+        d = self.sizes.first_slice(task.priority)
         if d <= 0.0:
             return 0.0
         c = self._first_step(task) + d - self._quanta[task.level]

@@ -1,5 +1,5 @@
 """What finished tasks say about the size of new ones: a bounded sample of the service each class of
-task (tier and handler) needed, and the first slice that the Gittins index gives a task of that
+task (MLFQ: each tier) needed, and the first slice that the Gittins index gives a task of that
 class before it may be demoted.
 
 Without a size hint the scheduler knows only a task's class and the service it has had. For such

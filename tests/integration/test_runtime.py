@@ -71,8 +71,8 @@ def test_interactive_preempts_long_generation_which_then_finishes_unchanged(
 
 
 def test_the_scheduler_learns_a_first_slice_from_finished_tasks(make_client: Make) -> None:
-    """Live: once 100 generations of one tier and handler have succeeded, the scheduler knows the
-    first slice for them (``mlfq.learn_first_slice``; their decode time, about 0.05 s each)."""
+    """Live: once 100 generations of one tier have succeeded, the scheduler knows the first slice
+    for it (``mlfq.learn_first_slice``; their decode time, about 0.05 s each)."""
     c = make_client()
     wait_ready(c, 1)
     ids = c.submit_batch(
@@ -80,9 +80,9 @@ def test_the_scheduler_learns_a_first_slice_from_finished_tasks(make_client: Mak
     )
     assert all(i.state is TaskState.SUCCEEDED for i in c.wait(ids, timeout=120))
     learned = c.stats()["pools"]["default"]["first_slices"]
-    assert set(learned) == {"batch/simulate"}
-    assert learned["batch/simulate"]["samples"] == 100
-    assert 0.04 <= learned["batch/simulate"]["slice"] < 1.0
+    assert set(learned) == {"batch"}
+    assert learned["batch"]["samples"] == 100
+    assert 0.04 <= learned["batch"]["slice"] < 1.0
 
 
 def test_a_worker_full_of_paused_state_is_not_preempted_within_a_tier(make_client: Make) -> None:

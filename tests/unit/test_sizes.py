@@ -91,7 +91,7 @@ def mk(tid: str, tier: str = "batch", **fields: Any) -> Task:
 
 
 def _learned_core(learn: bool = True) -> tuple[SchedulerCore, float]:
-    """A core whose batch tasks of handler 'simulate' finished needing 1 s (nine in ten) or 20 s
+    """A core whose batch tasks finished needing 1 s (nine in ten) or 20 s
     of decoding, 128 of them (the slice is computed at the 100th)."""
     core = SchedulerCore(
         PolicySettings(policy="mlfq", mlfq=MLFQSettings(learn_first_slice=learn)), audit=[]
@@ -132,16 +132,24 @@ def test_without_learning_the_first_quantum_is_the_level_s() -> None:
     assert core.progress(a, 0.5, 50, now + 0.5) is Decision.YIELD
 
 
-def test_hinted_tasks_and_other_classes_get_no_stretch() -> None:
+def test_hinted_tasks_and_other_tiers_get_no_stretch() -> None:
     core, now = _learned_core()
     hinted = core.submit(mk("h", size_hint=0.04), now)  # level 0, as the others
     chat = core.submit(mk("c", "interactive"), now)  # no interactive task finished yet
-    other = core.submit(mk("o", kind="embed"), now)  # another handler
-    got = core.dispatch(POOL, 3, now)
-    assert set(got) == {hinted, chat, other}
+    got = core.dispatch(POOL, 2, now)
+    assert set(got) == {hinted, chat}
     for t in got:
         assert t.level == 0
         assert core.quantum(t) == pytest.approx(0.05)
+
+
+def test_the_slice_is_the_tier_s_whatever_the_handler() -> None:
+    """Levels rank a tier's tasks by attained service whatever their handler: a slice per handler
+    would let a long one hold off another handler's short newcomers at the same level."""
+    core, now = _learned_core()  # learned from "simulate" tasks
+    other = core.submit(mk("o", kind="embed"), now)
+    assert core.dispatch(POOL, 1, now) == [other]
+    assert core.quantum(other) == pytest.approx(PREFILL + 1.0)
 
 
 def test_a_retry_gets_the_stretch_again_a_resumed_task_does_not() -> None:
@@ -199,7 +207,7 @@ def test_only_first_attempt_successes_are_learned() -> None:
         now += 1.0
         core.finish(t, now, ok=True)
     assert core.queues[POOL].sizes is not None
-    assert core.queues[POOL].sizes.samples((DEFAULT_TIERS["batch"], "simulate")) == 0
+    assert core.queues[POOL].sizes.samples(DEFAULT_TIERS["batch"]) == 0
 
 
 def test_a_boost_keeps_what_is_left_of_the_stretch() -> None:
@@ -219,8 +227,6 @@ def test_a_boost_keeps_what_is_left_of_the_stretch() -> None:
 
 def test_stats_show_the_learned_slices() -> None:
     core, _ = _learned_core()
-    assert core.stats()["pools"][POOL]["first_slices"] == {
-        "batch/simulate": {"slice": 1.0, "samples": 128}
-    }
+    assert core.stats()["pools"][POOL]["first_slices"] == {"batch": {"slice": 1.0, "samples": 128}}
     off, _ = _learned_core(learn=False)
     assert "first_slices" not in off.stats()["pools"][POOL]

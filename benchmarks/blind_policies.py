@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -144,13 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             lines.append(f"| {dist} | {seed} | {means} | {gaps} |")
             print(lines[-1], flush=True)
     wall = time.perf_counter() - t0
-    cmd = "python benchmarks/blind_policies.py" + (" --write" if args.write else "")
+    cmd = " ".join(["python benchmarks/blind_policies.py", *(argv or sys.argv[1:])])
     block = "\n".join(
         [
             BEGIN,
             "## What a blind policy can close (coarse fluid model)",
             "",
-            f"- Command: `{cmd}` ({wall:.0f} s). The policies benchmark's traces (5,000 tasks, "
+            f"- Command: `{cmd}` ({wall:.0f} s). The policies benchmark's traces "
+            f"({args.tasks:,} tasks, "
             f"load 0.9, 4 workers, seeds {' '.join(map(str, args.seeds))}) in a fluid model: "
             f"every {args.dt} s the 4 best-ranked tasks get {args.dt} s of service each (no "
             "step boundaries, no recompute), so its means differ from the replay's; the gap "

@@ -66,9 +66,12 @@ def _cpu_s(pid: int) -> float:
 
 
 def _machine_cpu_s() -> float:
-    """CPU seconds every core of the machine has spent busy so far (Linux ``/proc/stat``)."""
+    """CPU seconds all cores have spent working so far (Linux ``/proc/stat``): user, nice,
+    system, irq and softirq. Not idle or iowait, not steal (the hypervisor ran someone else),
+    and not guest, which the kernel already counts in user and nice. In a container this is
+    the host's."""
     v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
 
 
 def throughput(mode: str, n: int, state: str) -> dict[str, float]:
@@ -222,9 +225,9 @@ def render(a: argparse.Namespace, res: dict[str, Any]) -> str:
         "",
         "Scheduler CPU: user + system seconds of the scheduler actor's process (all its "
         "threads, from `/proc`) over the run, per task; the results converter runs in a "
-        "process of its own and is not included. Machine CPU: busy seconds of all cores "
+        "process of its own and is not included. Machine CPU: working seconds of all cores "
         "(`/proc/stat`) over the run, per task: the scheduler, its workers and results "
-        "converter, Ray's own processes and this driver (the machine has "
+        "converter, Ray's own processes and this driver (user + nice + system + irq + softirq; "
         f"{os.cpu_count()} cores).",
     ]
     lines += [

@@ -1,4 +1,4 @@
-"""Replacing one marked section of benchmarks/RESULTS.md (shared by the benchmark scripts)."""
+"""Replacing one marked section of benchmarks/RESULTS.md (policies.py and blind_policies.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ def write_section(path: Path, begin: str, end: str, block: str) -> None:
     between those markers, or append it; a missing file starts with a title."""
     if path.exists():
         text = path.read_text(encoding="utf-8")
-        i, j = text.find(begin), text.find(end)
-        if i >= 0 and j > i:
+        i = text.find(begin)
+        j = text.find(end, i) if i >= 0 else -1
+        if j >= 0:
             text = text[:i] + block + text[j + len(end) :]
         else:
             text = text.rstrip("\n") + "\n\n" + block + "\n"

@@ -39,8 +39,8 @@ class MLFQSettings(BaseModel):
     starvation_s: float = Field(default=15.0, gt=0)
     #: A task with a ``size_hint`` enters the level where a task of that size would finish.
     hint_join: bool = True
-    #: A task without a hint gets a first quantum that covers the Gittins slice learned from
-    #: finished tasks of its tier (``policy/sizes.py``).
+    #: A task without a hint (any task, with ``hint_join`` off) gets a first quantum that covers
+    #: the Gittins slice learned from finished tasks of its tier (``policy/sizes.py``).
     learn_first_slice: bool = True
 
     def schedule(self) -> LevelSchedule:

@@ -326,11 +326,11 @@ class MLFQQueue(_DequeBuckets):
     keep long tasks moving without re-running them through every short level. Tiers stay
     strict.
 
-    A task without a hint starts each attempt with a first quantum stretched to the slice learned
-    from finished tasks of its tier (``sizes.SizeSample``; ``first_credit``). Per tier, not per
-    handler: levels rank a tier's tasks by attained service whatever their handler, so a
-    handler's own long slice would hold off another handler's short newcomers at the same
-    level."""
+    A task without a hint (any task, with ``hint_join`` off) starts each attempt with a first
+    quantum stretched to the slice learned from finished tasks of its tier (``sizes.SizeSample``,
+    ``first_credit``). Per tier, not per handler: levels rank a tier's tasks by attained service
+    whatever their handler, so a handler's own long slice would hold off another handler's short
+    newcomers at the same level."""
 
     def __init__(
         self,

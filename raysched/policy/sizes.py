@@ -10,7 +10,7 @@ Pareto tail: hardly any answer is shorter than its scale) that slice is long: pr
 just before it is likely to finish wastes the work already done. MLFQ's short first quanta assume
 the opposite (the least served task is the most likely to finish soon), which holds only past the
 floor. So a task's first quantum in each attempt is stretched to cover the learned slice; at its end
-the task goes down one level, as at any quantum's end.
+the task is demoted as at any quantum's end.
 
 The sample holds tasks that succeeded at their first attempt (a retried task's service covers its
 failed attempts too). Service is what the quantum counts: under a recompute cost model it includes

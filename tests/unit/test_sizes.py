@@ -69,6 +69,27 @@ def test_sample_learns_per_class_after_min_samples() -> None:
     assert s.first_slice("a") == 0.1
 
 
+def test_sample_recomputes_as_observations_double_then_every_every(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from raysched.policy import sizes
+
+    at: list[int] = []
+    real = sizes.first_slice
+
+    def spy(xs: Any) -> float:
+        at.append(n)
+        return real(xs)
+
+    monkeypatch.setattr(sizes, "first_slice", spy)
+    s = SizeSample(capacity=64, min_samples=10, every=50)
+    n = 0
+    while n < 199:
+        n += 1
+        s.observe("a", 1.0)
+    assert at == [10, 20, 40, 80, 130, 180]
+
+
 def test_sample_keeps_the_last_capacity_values() -> None:
     s = SizeSample(capacity=4, min_samples=4, every=1)
     for _ in range(4):

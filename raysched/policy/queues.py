@@ -343,7 +343,7 @@ class MLFQQueue(_DequeBuckets):
         learn_first_slice: bool = True,
     ) -> None:
         super().__init__()
-        self.sizes = SizeSample() if learn_first_slice else None
+        self.sizes: SizeSample[int] | None = SizeSample() if learn_first_slice else None
         self.levels = levels or LevelSchedule()
         self.scorer = scorer or Scorer()
         self.cost = cost or self.scorer.cost
@@ -388,16 +388,14 @@ class MLFQQueue(_DequeBuckets):
     def observe(self, task: Task) -> None:
         # one attempt only: a retried task's service covers its failed attempts too
         if self.sizes is not None and task.attempts == 1:
-            if self._seconds:
-                x = task.service_s - task.prompt_tokens * self._prefill
-            else:
-                x = task.steps - 1.0
+            used = task.service_s if self._seconds else float(task.steps)
+            x = used - self._first_step(task)
             self.sizes.observe(task.priority, x if x > 0.0 else 0.0)
 
     def learned_slices(self) -> dict[int, tuple[float, int]]:
         if self.sizes is None:
             return {}
-        return {k: v for k, v in self.sizes.learned().items() if isinstance(k, int)}
+        return self.sizes.learned()
 
     def first_credit(self, task: Task) -> float:
         if self.sizes is None or (task.size_hint is not None and self.hint_join):

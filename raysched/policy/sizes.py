@@ -20,11 +20,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable, Iterable
+from typing import Generic, TypeVar
 
 __all__ = ["SizeSample"]
 
+K = TypeVar("K", bound=Hashable)
 
-class SizeSample:
+
+class SizeSample(Generic[K]):
     """Per class, the last ``capacity`` services (in the level schedule's unit) of tasks that
     succeeded. The Gittins first slice is computed once ``min_samples`` are in, again each time
     the observations have doubled, and then every ``every`` new ones (a sort and a pass over the
@@ -39,10 +42,10 @@ class SizeSample:
         self.every = every
         # class -> (the last services, oldest dropping out; [observations since the slice was
         # last computed, observations when it was])
-        self._classes: dict[Hashable, tuple[deque[float], list[int]]] = {}
-        self._slice: dict[Hashable, float] = {}
+        self._classes: dict[K, tuple[deque[float], list[int]]] = {}
+        self._slice: dict[K, float] = {}
 
-    def observe(self, cls: Hashable, service: float) -> None:
+    def observe(self, cls: K, service: float) -> None:
         c = self._classes.get(cls)
         if c is None:
             c = self._classes[cls] = (deque(maxlen=self.capacity), [0, 0])
@@ -55,15 +58,15 @@ class SizeSample:
             count[1] += count[0]
             count[0] = 0
 
-    def first_slice(self, cls: Hashable) -> float:
+    def first_slice(self, cls: K) -> float:
         """The learned slice for ``cls``; 0 until enough of its tasks have finished."""
         return self._slice.get(cls, 0.0)
 
-    def learned(self) -> dict[Hashable, tuple[float, int]]:
+    def learned(self) -> dict[K, tuple[float, int]]:
         """Class -> (its slice, the samples held), for the classes with a slice."""
         return {k: (d, len(self._classes[k][0])) for k, d in self._slice.items()}
 
-    def samples(self, cls: Hashable) -> int:
+    def samples(self, cls: K) -> int:
         c = self._classes.get(cls)
         return len(c[0]) if c is not None else 0
 

@@ -2,7 +2,9 @@
 
 1. Throughput of no-op tasks (batched submission, 2 workers x 512 slots) with the store off
    (in memory: the runtime benchmark's figure) and with the journal under ``off``, ``everysec``
-   and ``always``; rounds interleave the modes so drift hits them alike.
+   and ``always``; rounds interleave the modes so drift hits them alike. Then longer runs
+   (``--long-tasks``, in memory and ``everysec``): with a deep queue most tasks end in a later
+   journal segment than the one they were submitted in, and their outcome row is a whole one.
 2. Acknowledgement latency and rate with 1,000 concurrent single-task submitters per mode (each
    acknowledgement waits for the journal).
 3. Restart of the actor after SIGKILL with 10k / 100k queued tasks: kill to first answer, and the
@@ -11,7 +13,8 @@
    (``store.inline_max_bytes: null``) against blob files + object store (the default 64 KiB):
    throughput, journal bytes per task, scheduler memory, time to read every result back.
 
-    python benchmarks/durability.py [--tasks 20000] [--rounds 3] [--write]
+    python benchmarks/durability.py [--tasks 20000] [--rounds 3] [--long-tasks 100000]
+        [--long-rounds 4] [--write]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from raysched.client import Client, connect
 from raysched.settings import PoolSettings, Settings
 
 MODES = ("memory", "off", "everysec", "always")
+LONG_MODES = ("memory", "everysec")
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -75,7 +79,9 @@ def _machine_cpu_s() -> float:
 
 
 def throughput(mode: str, n: int, state: str) -> dict[str, float]:
-    c = make(mode, state, PoolSettings(min_workers=2, max_workers=2, slots=512))
+    # a state directory of its own: a run does not start by recovering an earlier run's state
+    run_dir = tempfile.mkdtemp(prefix=f"{mode}-", dir=state)
+    c = make(mode, run_dir, PoolSettings(min_workers=2, max_workers=2, slots=512))
     try:
         ready(c, 2)
         h = ray.get_actor(c.settings.actor_name, namespace=c.settings.namespace)
@@ -188,32 +194,27 @@ def large(inline: bool, n: int, kb: int, state: str) -> dict[str, float]:
         c.shutdown()
 
 
-def render(a: argparse.Namespace, res: dict[str, Any]) -> str:
+TABLE_HEAD = (
+    "| store | tasks/s (median) | rounds | vs in-memory | journal B/task "
+    "| scheduler CPU µs/task (median) | vs in-memory | machine CPU µs/task (median) "
+    "| vs in-memory |",
+    "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+)
+
+
+def table_rows(res: dict[str, Any], modes: tuple[str, ...]) -> list[str]:
+    """One row per mode: medians of the rounds, and the differences to in memory."""
     mem = statistics.median(res["throughput"]["memory"])
-    lines = [
-        "### Durability cost in the running scheduler (`benchmarks/durability.py`)",
-        "",
-        f"Command: `python benchmarks/durability.py --tasks {a.tasks} --rounds {a.rounds} "
-        f"--write` (2 cores, one local Ray, modes interleaved per round; load average "
-        f"before: {res['loadavg']}).",
-        "",
-        f"No-op tasks, {a.tasks:,} per run, batched submission (2,000 per call), 2 workers x 512 "
-        "slots; median of the rounds and every round:",
-        "",
-        "| store | tasks/s (median) | rounds | vs in-memory | journal B/task "
-        "| scheduler CPU µs/task (median) | vs in-memory | machine CPU µs/task (median) "
-        "| vs in-memory |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
-    ]
     mem_cpu = statistics.median(res["actor_cpu_us"]["memory"])
     mem_mach = statistics.median(res["machine_cpu_us"]["memory"])
-    for m in MODES:
+    out = []
+    for m in modes:
         xs = res["throughput"][m]
         med = statistics.median(xs)
         jb = statistics.median(res["journal_bytes"][m]) if m != "memory" else 0.0
         cpu = statistics.median(res["actor_cpu_us"][m])
         mach = statistics.median(res["machine_cpu_us"][m])
-        lines.append(
+        out.append(
             f"| {m if m != 'memory' else 'in memory (store off)'} | {med:,.0f} | "
             f"{', '.join(f'{x:,.0f}' for x in xs)} | "
             f"{'-' if m == 'memory' else f'{100 * (med / mem - 1):+.1f}%'} | "
@@ -221,6 +222,34 @@ def render(a: argparse.Namespace, res: dict[str, Any]) -> str:
             f"{'-' if m == 'memory' else f'{cpu - mem_cpu:+.1f}'} | {mach:.1f} | "
             f"{'-' if m == 'memory' else f'{mach - mem_mach:+.1f}'} |"
         )
+    return out
+
+
+def render(a: argparse.Namespace, res: dict[str, Any]) -> str:
+    lines = [
+        "### Durability cost in the running scheduler (`benchmarks/durability.py`)",
+        "",
+        f"Command: `python benchmarks/durability.py --tasks {a.tasks} --rounds {a.rounds} "
+        f"--long-tasks {a.long_tasks} --long-rounds {a.long_rounds} --write` (2 cores, one "
+        f"local Ray, modes interleaved per round; load average before: {res['loadavg']}).",
+        "",
+        f"No-op tasks, {a.tasks:,} per run, batched submission (2,000 per call), 2 workers x 512 "
+        "slots; median of the rounds and every round:",
+        "",
+        *TABLE_HEAD,
+        *table_rows(res, MODES),
+    ]
+    if res.get("long"):
+        lines += [
+            "",
+            f"Longer runs, {a.long_tasks:,} no-op tasks per run, rounds: {a.long_rounds} (same "
+            "setup). The queue is deeper and the run spans several journal segments: a task "
+            "that ends in a later segment than its submission's gets a whole outcome row "
+            "(`records`: `f`, not `e`):",
+            "",
+            *TABLE_HEAD,
+            *table_rows(res["long"], LONG_MODES),
+        ]
     lines += [
         "",
         "Scheduler CPU: user + system seconds of the scheduler actor's process (all its "
@@ -232,7 +261,7 @@ def render(a: argparse.Namespace, res: dict[str, Any]) -> str:
     ]
     lines += [
         "",
-        "1,000 concurrent submitters, one task per call (each acknowledgement waits for the "
+        f"{a.acks:,} concurrent submitters, one task per call (each acknowledgement waits for the "
         "journal), last round:",
         "",
         "| store | acks/s | ack p50 ms | ack p99 ms |",
@@ -273,6 +302,31 @@ def render(a: argparse.Namespace, res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def empty_throughput(modes: tuple[str, ...]) -> dict[str, dict[str, list[float]]]:
+    keys = ("throughput", "journal_bytes", "actor_cpu_us", "machine_cpu_us")
+    return {k: {m: [] for m in modes} for k in keys}
+
+
+def throughput_rounds(
+    res: dict[str, Any], modes: tuple[str, ...], n: int, rounds: int, state: str
+) -> None:
+    """``rounds`` runs of ``n`` tasks per mode, the order reversed every other round."""
+    for r in range(rounds):
+        order = modes if r % 2 == 0 else tuple(reversed(modes))
+        for m in order:
+            t = throughput(m, n, state)
+            res["throughput"][m].append(t["per_s"])
+            res["journal_bytes"][m].append(t["journal_bytes_per_task"])
+            res["actor_cpu_us"][m].append(t["actor_cpu_us"])
+            res["machine_cpu_us"][m].append(t["machine_cpu_us"])
+            print(
+                f"round {r} {m} ({n:,} tasks): {t['per_s']:,.0f} tasks/s, "
+                f"scheduler {t['actor_cpu_us']:.1f} µs/task, "
+                f"machine {t['machine_cpu_us']:.1f} µs/task",
+                flush=True,
+            )
+
+
 def write_results(section: str) -> None:
     p = Path(__file__).with_name("RESULTS.md")
     text = p.read_text()
@@ -289,6 +343,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--long-tasks", type=int, default=100_000, help="tasks per longer run (0: skip them)"
+    )
+    ap.add_argument("--long-rounds", type=int, default=4)
     ap.add_argument("--acks", type=int, default=1000)
     ap.add_argument("--restart", type=int, nargs="*", default=[10_000, 100_000])
     ap.add_argument("--large", type=int, default=300, help="large-value tasks (0: skip)")
@@ -304,10 +362,7 @@ def main() -> None:
     a = ap.parse_args()
     res: dict[str, Any] = {
         "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "throughput": {m: [] for m in MODES},
-        "journal_bytes": {m: [] for m in MODES},
-        "actor_cpu_us": {m: [] for m in MODES},
-        "machine_cpu_us": {m: [] for m in MODES},
+        **empty_throughput(MODES),
         "acks": {},
         "restart": [],
         "large": {},
@@ -317,20 +372,7 @@ def main() -> None:
         ap.error(f"--throughput-only takes modes among {', '.join(MODES)}, memory included")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="bench")
     with tempfile.TemporaryDirectory(prefix="raysched-bench-") as state:
-        for r in range(a.rounds):
-            order = modes if r % 2 == 0 else tuple(reversed(modes))
-            for m in order:
-                t = throughput(m, a.tasks, state)
-                res["throughput"][m].append(t["per_s"])
-                res["journal_bytes"][m].append(t["journal_bytes_per_task"])
-                res["actor_cpu_us"][m].append(t["actor_cpu_us"])
-                res["machine_cpu_us"][m].append(t["machine_cpu_us"])
-                print(
-                    f"round {r} {m}: {t['per_s']:,.0f} tasks/s, "
-                    f"scheduler {t['actor_cpu_us']:.1f} µs/task, "
-                    f"machine {t['machine_cpu_us']:.1f} µs/task",
-                    flush=True,
-                )
+        throughput_rounds(res, modes, a.tasks, a.rounds, state)
         if a.throughput_only:
             ray.shutdown()
             mem = statistics.median(res["throughput"]["memory"])
@@ -346,6 +388,9 @@ def main() -> None:
                     f"({mach - mem_mach:+.1f}), {a.rounds} rounds"
                 )
             return
+        if a.long_tasks:
+            res["long"] = empty_throughput(LONG_MODES)
+            throughput_rounds(res["long"], LONG_MODES, a.long_tasks, a.long_rounds, state)
         for m in MODES:
             res["acks"][m] = acks(m, a.acks, state)
             print(f"acks {m}: {res['acks'][m]}", flush=True)

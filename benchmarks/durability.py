@@ -3,7 +3,7 @@
 1. Throughput of no-op tasks (batched submission, 2 workers x 512 slots) with the store off
    (in memory: the runtime benchmark's figure) and with the journal under ``off``, ``everysec``
    and ``always``; rounds interleave the modes so drift hits them alike. Then longer runs
-   (``--long-tasks``, in memory and ``everysec``): with a deep queue most tasks end in a later
+   (``--long-tasks``, in memory and ``everysec``): with a deeper queue more tasks end in a later
    journal segment than the one they were submitted in, and their outcome row is a whole one.
 2. Acknowledgement latency and rate with 1,000 concurrent single-task submitters per mode (each
    acknowledgement waits for the journal).
@@ -79,9 +79,7 @@ def _machine_cpu_s() -> float:
 
 
 def throughput(mode: str, n: int, state: str) -> dict[str, float]:
-    # a state directory of its own: a run does not start by recovering an earlier run's state
-    run_dir = tempfile.mkdtemp(prefix=f"{mode}-", dir=state)
-    c = make(mode, run_dir, PoolSettings(min_workers=2, max_workers=2, slots=512))
+    c = make(mode, state, PoolSettings(min_workers=2, max_workers=2, slots=512))
     try:
         ready(c, 2)
         h = ray.get_actor(c.settings.actor_name, namespace=c.settings.namespace)
@@ -354,8 +352,8 @@ def main() -> None:
     ap.add_argument(
         "--throughput-only",
         metavar="MODES",
-        help="only part 1, for these comma-separated modes (e.g. memory,everysec); prints "
-        "the medians, writes nothing",
+        help="only part 1's first runs (not the longer ones), for these comma-separated modes "
+        "(e.g. memory,everysec); prints the medians, writes nothing",
     )
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--json", action="store_true")
@@ -388,7 +386,7 @@ def main() -> None:
                     f"({mach - mem_mach:+.1f}), {a.rounds} rounds"
                 )
             return
-        if a.long_tasks:
+        if a.long_tasks > 0 and a.long_rounds > 0:
             res["long"] = empty_throughput(LONG_MODES)
             throughput_rounds(res["long"], LONG_MODES, a.long_tasks, a.long_rounds, state)
         for m in MODES:

@@ -12,11 +12,9 @@ Group commit. ``append_nowait`` encodes the records in the caller's thread and q
 writer thread takes everything queued since its last write and writes it as one frame with one
 ``write`` (and, under ``always``, one ``fsync``). Callers that arrive while a write or an fsync is
 in progress therefore share the next one. ``append_many`` (threads) and ``append`` (asyncio) wait
-for their frame. Under ``everysec`` and ``off`` a small append (up to ``INLINE_MAX_BYTES``) that
-finds the writer idle and nothing queued writes its frame itself (a ``write`` to the page cache
-takes microseconds), without a hand-off to the writer thread and back. A larger one (a drain of
-hundreds of tasks) goes to the writer thread, which computes the CRC and writes with the GIL
-released: the caller, the scheduler's thread, goes on and does not wait on the file.
+for their frame. Under ``everysec`` and ``off`` an append that finds the writer idle and nothing
+queued writes its frame itself (a ``write`` to the page cache takes well under a millisecond),
+without a hand-off to the writer thread and back.
 
 Sync policies, as Redis's ``appendfsync``:
 
@@ -63,7 +61,6 @@ from typing import Any, Literal, get_args
 import orjson
 
 __all__ = [
-    "INLINE_MAX_BYTES",
     "Journal",
     "JournalClosed",
     "JournalLocked",
@@ -170,12 +167,6 @@ class ReplayStats:
     bytes: int = 0
     #: One line per segment whose tail was torn or corrupt (what, where, how much was skipped).
     damaged: list[str] = field(default_factory=list)
-
-
-#: The largest frame an ``everysec``/``off`` append writes in its own thread (see above). A write
-#: may block (the kernel holds back writers when a slow disk falls behind): a large one would
-#: stall the scheduler's event loop.
-INLINE_MAX_BYTES = 64 * 1024
 
 
 @dataclass
@@ -339,12 +330,7 @@ class Journal:
                 raise JournalClosed(f"journal {self.directory} is closed") from self._failed
             self._lock()
             self._ensure_threads()
-            if (
-                self._inline
-                and not self._queue
-                and not self._busy
-                and sum(len(a.data) for a in items) <= INLINE_MAX_BYTES
-            ):
+            if self._inline and not self._queue and not self._busy:
                 # in order: nothing is queued or being written. Holding _cond keeps it so.
                 self._commit(items)
                 return

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from raysched.store.journal import INLINE_MAX_BYTES, Journal, JournalClosed, JournalLocked
+from raysched.store.journal import Journal, JournalClosed, JournalLocked
 
 
 def recs(n: int, start: int = 0) -> list[dict[str, Any]]:
@@ -56,31 +56,6 @@ def test_empty_append_is_a_barrier_and_writes_nothing(tmp_path: Path) -> None:
         fut = j.append_nowait(recs(2))
         j.append_many([])
         assert fut.done() and j.stats.writes == 1
-
-
-@pytest.mark.parametrize("sync", ["everysec", "off"])
-def test_small_frames_written_in_the_callers_thread_large_ones_by_the_writer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: Any
-) -> None:
-    """A drain of hundreds of tasks must not hold the scheduler's thread for its CRC and write;
-    a single acknowledgement's frame skips the hand-off."""
-    writers: list[tuple[str, int]] = []
-    real_write = os.write
-
-    def spy(fd: int, data: Any) -> int:
-        writers.append((threading.current_thread().name, len(data)))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", spy)
-    big = [{"k": "submit", "id": "big", "payload": "x" * INLINE_MAX_BYTES}]
-    with Journal(tmp_path, sync=sync) as j:
-        j.append_many(recs(2))
-        j.append_many(big)
-        j.append_many(recs(4, 2))
-    me = threading.current_thread().name
-    assert [w for w, _ in writers] == [me, "raysched-journal", me]
-    assert writers[1][1] > INLINE_MAX_BYTES
-    assert ids(Journal(tmp_path)) == ["t0", "t1", "big", "t2", "t3"]
 
 
 def test_async_append_round_trip(tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import signal
 import statistics
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from sections import write_section
 
 from raysched.client import Client, connect
 from raysched.settings import PoolSettings, Settings
@@ -326,15 +326,8 @@ def throughput_rounds(
 
 
 def write_results(section: str) -> None:
-    p = Path(__file__).with_name("RESULTS.md")
-    text = p.read_text()
     begin, end = "<!-- durability:begin -->", "<!-- durability:end -->"
-    block = f"{begin}\n{section}{end}"
-    if begin in text:
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    p.write_text(text)
+    write_section(Path(__file__).with_name("RESULTS.md"), begin, end, f"{begin}\n{section}{end}")
 
 
 def main() -> None:
@@ -373,18 +366,7 @@ def main() -> None:
         throughput_rounds(res, modes, a.tasks, a.rounds, state)
         if a.throughput_only:
             ray.shutdown()
-            mem = statistics.median(res["throughput"]["memory"])
-            mem_cpu = statistics.median(res["actor_cpu_us"]["memory"])
-            mem_mach = statistics.median(res["machine_cpu_us"]["memory"])
-            for m in modes:
-                med = statistics.median(res["throughput"][m])
-                cpu = statistics.median(res["actor_cpu_us"][m])
-                mach = statistics.median(res["machine_cpu_us"][m])
-                print(
-                    f"{m}: {med:,.0f} tasks/s ({100 * (med / mem - 1):+.1f}%), scheduler "
-                    f"{cpu:.1f} µs/task ({cpu - mem_cpu:+.1f}), machine {mach:.1f} µs/task "
-                    f"({mach - mem_mach:+.1f}), {a.rounds} rounds"
-                )
+            print("\n".join([*TABLE_HEAD, *table_rows(res, modes)]))
             return
         if a.long_tasks > 0 and a.long_rounds > 0:
             res["long"] = empty_throughput(LONG_MODES)

@@ -64,6 +64,7 @@ BEGIN, END = "<!-- policies:begin -->", "<!-- policies:end -->"
 
 GAP_TARGET = 0.8  # share of the FCFS->SRPT mean-JCT gap mlfq must close
 WAIT_TARGET_S = 0.5  # interactive-tier p99 wait under mlfq
+GAP_POLICIES = ("fcfs", "mlfq", "srpt")  # the gap's three replays
 SCALE_TARGET_S = 10.0  # one 100k-task mlfq replay
 NEG_TOL = 1e-6  # a JCT or wait below -NEG_TOL s is a simulator error, not float noise
 
@@ -208,7 +209,7 @@ def _target_table(groups: dict[tuple[str, int], dict[str, Run]]) -> tuple[list[s
     for (dist, seed), runs in groups.items():
         g = _gap(runs)
         w = _tier_wait(runs["mlfq"].summary, "interactive")
-        bad = sum(runs[p].invalid for p in ("fcfs", "mlfq", "srpt"))
+        bad = sum(runs[p].invalid for p in GAP_POLICIES)
         ok_g, ok_w = g >= GAP_TARGET and not bad, w <= WAIT_TARGET_S and not runs["mlfq"].invalid
         all_ok = all_ok and ok_g and ok_w
         inv = f"**INVALID** ({bad} tasks < 0 s)"
@@ -323,7 +324,7 @@ def render(
             f"{'all pass' if hint_ok else 'not all pass'}"
         )
     if long:
-        tgt, _ok_long = _target_table(long)
+        tgt, _ = _target_table(long)
         seeds_l = sorted({seed for _, seed in long})
         out += [
             f"### Targets on longer traces ({args.long_tasks:,} tasks, plain cost model)",
@@ -345,10 +346,10 @@ def render(
         for dist in DISTS:
             runs_d = [runs for (d, _), runs in long.items() if d == dist]
             gaps = [_gap(runs) for runs in runs_d]
-            valid = [not any(runs[p].invalid for p in ("fcfs", "mlfq", "srpt")) for runs in runs_d]
+            valid = [not any(runs[p].invalid for p in GAP_POLICIES) for runs in runs_d]
             means = {
                 p: statistics.fmean(runs[p].summary.mean_jct_s for runs in runs_d)
-                for p in ("fcfs", "mlfq", "srpt")
+                for p in GAP_POLICIES
             }
             pooled = (means["fcfs"] - means["mlfq"]) / (means["fcfs"] - means["srpt"])
             waits = [_tier_wait(runs["mlfq"].summary, "interactive") for runs in runs_d]
@@ -569,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for dist in DISTS:
                 for seed in args.long_seeds:
                     records = _make_trace(tdir, args.long_tasks, dist, seed)
-                    for p in ("fcfs", "mlfq", "srpt"):
+                    for p in GAP_POLICIES:
                         r = _timed_replay(records, p, False)
                         r.dist, r.seed = dist, seed
                         _check(records, r)

@@ -1,4 +1,4 @@
-"""Replacing one marked section of benchmarks/RESULTS.md (policies.py and blind_policies.py)."""
+"""Replacing one marked section of benchmarks/RESULTS.md (the benchmarks' ``--write``)."""
 
 from __future__ import annotations
 

@@ -193,11 +193,18 @@ def large(inline: bool, n: int, kb: int, state: str) -> dict[str, float]:
 
 
 TABLE_HEAD = (
-    "| store | tasks/s (median) | rounds | vs in-memory | journal B/task "
-    "| scheduler CPU µs/task (median) | vs in-memory | machine CPU µs/task (median) "
-    "| vs in-memory |",
-    "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    "| store | tasks/s (median) | rounds | vs in-memory | vs in-memory, same round (median) "
+    "| journal B/task | scheduler CPU µs/task (median) | vs in-memory "
+    "| machine CPU µs/task (median) | vs in-memory |",
+    "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
 )
+
+
+def paired(xs: list[float], base: list[float]) -> float:
+    """The median over rounds of ``xs[i] / base[i] - 1``: each run against the in-memory run of
+    its own round (minutes apart at most), which the machine's drift moves less than it moves
+    a ratio of medians taken over the whole run."""
+    return statistics.median(x / b - 1 for x, b in zip(xs, base, strict=True))
 
 
 def table_rows(res: dict[str, Any], modes: tuple[str, ...]) -> list[str]:
@@ -212,10 +219,12 @@ def table_rows(res: dict[str, Any], modes: tuple[str, ...]) -> list[str]:
         jb = statistics.median(res["journal_bytes"][m]) if m != "memory" else 0.0
         cpu = statistics.median(res["actor_cpu_us"][m])
         mach = statistics.median(res["machine_cpu_us"][m])
+        same = paired(xs, res["throughput"]["memory"])
         out.append(
             f"| {m if m != 'memory' else 'in memory (store off)'} | {med:,.0f} | "
             f"{', '.join(f'{x:,.0f}' for x in xs)} | "
             f"{'-' if m == 'memory' else f'{100 * (med / mem - 1):+.1f}%'} | "
+            f"{'-' if m == 'memory' else f'{100 * same:+.1f}%'} | "
             f"{'-' if m == 'memory' else f'{jb:.0f}'} | {cpu:.1f} | "
             f"{'-' if m == 'memory' else f'{cpu - mem_cpu:+.1f}'} | {mach:.1f} | "
             f"{'-' if m == 'memory' else f'{mach - mem_mach:+.1f}'} |"

@@ -352,15 +352,42 @@ class _ResultsConverter:
     """Makes results files from journal segments (``convert_segments``) in a process of its own,
     so that decoding and converting outcomes costs the scheduler's process nothing. An actor
     rather than a task: a task's worker process may be reaped when idle and started again
-    (importing pyarrow) at the next conversion. It runs niced: background work that should
-    not take a core from the scheduler when the node is busy."""
+    (importing pyarrow) at the next conversion. It runs at background priority
+    (``_background_priority``): results files can wait, the scheduler cannot."""
 
     def __init__(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):  # not permitted / not POSIX: as is
-            os.nice(10)
+        log.info("results converter: %s", _background_priority())
 
     def convert(self, job: ConvertJob) -> ConvertReport:
         return convert_segments(job)
+
+
+def _background_priority() -> str:
+    """Put every thread of this process at background priority; returns what was applied.
+
+    ``SCHED_IDLE`` on Linux: the kernel gives such a thread the smallest weight there is, treats
+    a core that runs only such threads as idle when it places a waking thread, and lets a waking
+    normal thread preempt it at once. Else ``nice`` +10. Niceness alone does little here: Ray
+    starts every worker process (the scheduler actor's included) at nice 15 (``worker_niceness``),
+    so +10 gives weight 15 against the scheduler's 36: the scheduler's thread waited behind the
+    converter (benchmarks/RESULTS.md, durability)."""
+    setter = getattr(os, "sched_setscheduler", None)
+    if setter is not None:
+        try:
+            tids = [int(t) for t in os.listdir("/proc/self/task")]
+        except OSError:  # no /proc: this thread only
+            tids = [0]
+        try:
+            for tid in tids:  # threads started later inherit the policy of their creator
+                with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                    setter(tid, os.SCHED_IDLE, os.sched_param(0))
+            return "SCHED_IDLE"
+        except (OSError, AttributeError):
+            pass
+    with contextlib.suppress(OSError, AttributeError):  # not permitted / not POSIX: as is
+        os.nice(10)
+        return "nice +10"
+    return "normal"
 
 
 def _ray_converter(timeout_s: float = 600.0) -> Callable[[ConvertJob], ConvertReport]:

@@ -6,7 +6,7 @@ counter after the change), never deltas, so replaying a record twice, or replayi
 snapshot already covers, changes nothing.
 
 The recorder writes one ``rows`` record per drain: a list of positional rows per kind, each row
-read from the task by one ``operator.attrgetter`` (C code, no per-field Python), the field names
+read from the task by one compiled lambda per row kind (``_row_getter``), the field names
 once per record. Building and encoding it is on the scheduler's submit and report paths, and costs
 less than a dict per change did. States travel as a parallel list of their values (orjson
 encodes an Enum member about ten times slower than a str)::
@@ -224,13 +224,25 @@ ROW_START: tuple[str, ...] = (
     "worker",
 )
 assert all(n in _SLOTS for n in ROW_SUBMIT + ROW_PROGRESS), "a row reads slots and __dict__"
-_submit_row = operator.attrgetter(*ROW_SUBMIT)
-_new_row = operator.attrgetter(*ROW_NEW)
-_final_row = operator.attrgetter(*ROW_FINAL)
-_state_row = operator.attrgetter(*ROW_STATE)
-_end_row = operator.attrgetter(*ROW_END)
-_progress_row = operator.attrgetter(*ROW_PROGRESS)
-_start_row = operator.attrgetter(*ROW_START)
+
+
+def _row_getter(names: tuple[str, ...]) -> Callable[[Task], tuple[Any, ...]]:
+    """``operator.attrgetter(*names)`` as a compiled lambda: the interpreter's specialised slot
+    reads cost about half of attrgetter's generic lookup per field (a 15-field row: 165 against
+    410 ns). ``names`` are this module's field tables, never input."""
+    assert all(n.isidentifier() for n in names)
+    fields = ", ".join(f"t.{n}" for n in names)
+    row: Callable[[Task], tuple[Any, ...]] = eval(f"lambda t: ({fields},)")
+    return row
+
+
+_submit_row = _row_getter(ROW_SUBMIT)
+_new_row = _row_getter(ROW_NEW)
+_final_row = _row_getter(ROW_FINAL)
+_state_row = _row_getter(ROW_STATE)
+_end_row = _row_getter(ROW_END)
+_progress_row = _row_getter(ROW_PROGRESS)
+_start_row = _row_getter(ROW_START)
 _get_state = operator.attrgetter("state")
 _get_tenant = operator.attrgetter("tenant")
 #: Up to this many tenants, a record carries every counter (no pass over its tasks' tenants).

@@ -156,6 +156,17 @@ def _converted(c: Client, rows: int, timeout: float = 60.0) -> dict[str, int]:
         time.sleep(0.2)
 
 
+def _idle_threads(pid: int) -> bool:
+    """Every thread of process ``pid`` is scheduled ``SCHED_IDLE``."""
+    policies = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            policies.append(os.sched_getscheduler(int(tid)))
+        except ProcessLookupError:  # a thread that just ended
+            pass
+    return bool(policies) and set(policies) == {os.SCHED_IDLE}
+
+
 def test_results_converter_killed(make_client: Make) -> None:
     """The process that makes results files from the journal is SIGKILLed: Ray starts it again,
     the next conversion takes the outcomes the lost one would have, and the results files still
@@ -169,12 +180,14 @@ def test_results_converter_killed(make_client: Make) -> None:
     _wait_done(c, 200, timeout=60)
     conv = _converted(c, 200)
     assert conv["rows"] >= 200, conv
+    assert _idle_threads(conv["pid"]), "the converter does not run at background priority"
     os.kill(conv["pid"], signal.SIGKILL)
     ids += c.submit_batch(_specs("c", 200, 400, tokens=2))
     _wait_done(c, 400, timeout=60)
     _check_exactly_once(c, ids)
     after = _converted(c, 400)
     assert after["rows"] >= 400 and after["pid"] not in (0, conv["pid"]), after
+    assert _idle_threads(after["pid"])  # the restarted one too
     assert c.stats()["store"]["error"] is None
 
 

@@ -964,6 +964,11 @@ class SchedulerService:
             return error_dict(TaskNotFound(f"no task {tid}"))
         if not await self._until_final(t, timeout):
             return {"state": t.state.value, "done": False}
+        # an outcome reaches the journal within store.flush_interval_s; answer only once it has
+        # (a crash in between would run the task again and record another result than this one)
+        err = await self._commit()
+        if err is not None:
+            return err
         out: dict[str, Any] = {"state": t.state.value, "done": True}
         if t.state is S.SUCCEEDED:
             if is_blob(t.result):
@@ -1052,14 +1057,15 @@ class SchedulerService:
 
     async def wait(self, ids: list[str], timeout: float | None = None) -> list[dict[str, Any]]:
         deadline = None if timeout is None else self.clock() + timeout
-        out = []
         for tid in ids:
             left = None if deadline is None else max(0.0, deadline - self.clock())
             t = self.core.tasks.get(tid)
             if t is not None:
                 await self._until_final(t, left)
-            out.append(self.status(tid))
-        return out
+        # the outcomes answered are in the journal (see ``result``; a journal that fails is
+        # logged there, and its error answers the next submission)
+        await self._commit()
+        return [self.status(tid) for tid in ids]
 
     def progress(self) -> dict[str, int]:
         """Cheap counters for polling (``stats`` walks the queues)."""

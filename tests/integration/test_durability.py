@@ -156,6 +156,28 @@ def _converted(c: Client, rows: int, timeout: float = 60.0) -> dict[str, int]:
         time.sleep(0.2)
 
 
+def test_result_answered_only_once_journaled(make_client: Make) -> None:
+    """Outcomes reach the journal within ``store.flush_interval_s`` (1 s here): ``result`` and
+    ``wait`` answer only once theirs is there, so a kill right after the answer cannot run the
+    task again and record something else than what the caller saw."""
+    c = make_client(store={"flush_interval_s": 1.0})
+    wait_ready(c, 1)
+    for call in ("result", "wait"):
+        pid = _actor_pid(c)
+        tid = c.submit("echo", {"call": call})
+        if call == "result":
+            assert c.result(tid, timeout=30) == {"call": call}
+        else:
+            assert c.wait([tid], timeout=30)[0].state == "succeeded"
+        seen = c.status(tid)
+        os.kill(pid, signal.SIGKILL)  # well within the second before the timed flush
+        after = c.status(tid)  # the client retries until the restarted actor answers
+        assert _actor_pid(c) != pid
+        assert after.state == "succeeded", after
+        assert (after.attempts, after.finished_at) == (seen.attempts, seen.finished_at), after
+        assert c.result(tid, timeout=30) == {"call": call}
+
+
 def _idle_threads(pid: int) -> bool:
     """Every thread of process ``pid`` is scheduled ``SCHED_IDLE``."""
     policies = []

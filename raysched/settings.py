@@ -196,7 +196,8 @@ class StoreSettings(BaseModel):
     sync: Literal["always", "everysec", "off"] = "everysec"
     #: Changes that need no acknowledgement (a task started, progressed or ended) reach the
     #: journal within this time; a process crash can lose them (the task then runs again:
-    #: at-least-once). Submissions and cancels are journaled before they are acknowledged.
+    #: at-least-once). Submissions and cancels are journaled before they are acknowledged, and
+    #: outcomes before ``result``/``wait`` return them.
     flush_interval_s: float = Field(default=0.02, ge=0, le=1.0)
     #: Journal a start only once the task has run this long: a task that ends sooner costs one
     #: journal row less (its outcome row says everything; about a quarter of the journal's

@@ -324,7 +324,9 @@ class _SchedulerActor:
         self.svc.boot()
         return await self.svc.cancel(tid)
 
-    async def wait(self, ids: list[str], timeout: float | None = None) -> list[dict[str, Any]]:
+    async def wait(
+        self, ids: list[str], timeout: float | None = None
+    ) -> list[dict[str, Any]] | dict[str, Any]:
         self.svc.boot()
         return await self.svc.wait(ids, timeout)
 
@@ -356,7 +358,9 @@ class _ResultsConverter:
     (``_background_priority``): results files can wait, the scheduler cannot."""
 
     def __init__(self) -> None:
-        log.info("results converter: %s", _background_priority())
+        applied = _background_priority()
+        if applied != "SCHED_IDLE":  # the scheduler's thread may wait behind conversions
+            log.warning("results converter: SCHED_IDLE refused, running at %s", applied)
 
     def convert(self, job: ConvertJob) -> ConvertReport:
         return convert_segments(job)
@@ -367,27 +371,38 @@ def _background_priority() -> str:
 
     ``SCHED_IDLE`` on Linux: the kernel gives such a thread the smallest weight there is, treats
     a core that runs only such threads as idle when it places a waking thread, and lets a waking
-    normal thread preempt it at once. Else ``nice`` +10. Niceness alone does little here: Ray
-    starts every worker process (the scheduler actor's included) at nice 15 (``worker_niceness``),
-    so +10 gives weight 15 against the scheduler's 36: the scheduler's thread waited behind the
-    converter (benchmarks/RESULTS.md, durability)."""
-    setter = getattr(os, "sched_setscheduler", None)
-    if setter is not None:
-        try:
-            tids = [int(t) for t in os.listdir("/proc/self/task")]
-        except OSError:  # no /proc: this thread only
-            tids = [0]
-        try:
-            for tid in tids:  # threads started later inherit the policy of their creator
+    normal thread preempt it at once. Else ``nice`` +10 per thread. Niceness alone does little
+    here: Ray starts every worker process (the scheduler actor's included) at nice 15
+    (``worker_niceness``), so +10 gives weight 15 against the scheduler's 36: the scheduler's
+    thread waited behind the converter (benchmarks/RESULTS.md, durability)."""
+    if not os.path.isdir("/proc/self/task"):  # not Linux: this thread (its pools inherit)
+        with contextlib.suppress(OSError, AttributeError):
+            os.nice(10)
+            return "nice +10 (one thread)"
+        return "normal"
+    done: set[int] = set()
+    try:
+        # threads inherit the policy of their creator; one started meanwhile by a thread not yet
+        # switched is caught by the next pass
+        for _ in range(3):
+            tids = {int(t) for t in os.listdir("/proc/self/task")} - done
+            if not tids:
+                return "SCHED_IDLE"
+            for tid in tids:
                 with contextlib.suppress(ProcessLookupError):  # a thread that just ended
-                    setter(tid, os.SCHED_IDLE, os.sched_param(0))
-            return "SCHED_IDLE"
-        except (OSError, AttributeError):
-            pass
-    with contextlib.suppress(OSError, AttributeError):  # not permitted / not POSIX: as is
-        os.nice(10)
+                    os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            done |= tids
+        return "SCHED_IDLE"
+    except (OSError, AttributeError):  # refused (a sandbox), or no SCHED_IDLE
+        pass
+    try:
+        for tid in {int(t) for t in os.listdir("/proc/self/task")}:
+            with contextlib.suppress(ProcessLookupError):
+                nice = os.getpriority(os.PRIO_PROCESS, tid)
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, nice + 10))
         return "nice +10"
-    return "normal"
+    except OSError:
+        return "normal"
 
 
 def _ray_converter(timeout_s: float = 600.0) -> Callable[[ConvertJob], ConvertReport]:

@@ -363,8 +363,9 @@ class SchedulerService:
         try:
             await self.recorder.commit()
         except Exception as exc:
+            if self._store_error is None:  # once: reads that commit would repeat it per call
+                log.error("journal write failed: %s", exc)
             self._store_error = str(exc)
-            log.error("journal write failed: %s", exc)
             return error_dict(SchedulerUnavailable(f"the journal cannot be written: {exc}"))
         return None
 
@@ -965,7 +966,8 @@ class SchedulerService:
         if not await self._until_final(t, timeout):
             return {"state": t.state.value, "done": False}
         # an outcome reaches the journal within store.flush_interval_s; answer only once it has
-        # (a crash in between would run the task again and record another result than this one)
+        # (a crash of this process in between would run the task again and could record a
+        # different result)
         err = await self._commit()
         if err is not None:
             return err
@@ -1055,17 +1057,20 @@ class SchedulerService:
             return err
         return {"cancelled": True, "state": t.state.value}
 
-    async def wait(self, ids: list[str], timeout: float | None = None) -> list[dict[str, Any]]:
+    async def wait(
+        self, ids: list[str], timeout: float | None = None
+    ) -> list[dict[str, Any]] | dict[str, Any]:
         deadline = None if timeout is None else self.clock() + timeout
         for tid in ids:
             left = None if deadline is None else max(0.0, deadline - self.clock())
             t = self.core.tasks.get(tid)
             if t is not None:
                 await self._until_final(t, left)
-        # the outcomes answered are in the journal (see ``result``; a journal that fails is
-        # logged there, and its error answers the next submission)
-        await self._commit()
-        return [self.status(tid) for tid in ids]
+        # the states answered are in the journal (see ``result``): taken before the commit,
+        # whose drain then covers them (a task may end while it waits)
+        out = [self.status(tid) for tid in ids]
+        err = await self._commit()
+        return out if err is None else err
 
     def progress(self) -> dict[str, int]:
         """Cheap counters for polling (``stats`` walks the queues)."""

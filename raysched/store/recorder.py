@@ -11,7 +11,8 @@ row per dirty task from its *current* state (several changes between two drains 
 rows of a drain make one ``rows`` record, see ``records``); a task that ended gets a whole row, or
 a state row if its first row is in the same journal segment: the results files are made from them
 later (``results``, off the scheduler's process). ``commit`` waits until the journal has everything
-changed so far (await it before acknowledging a submission or a cancel); ``flush`` drains without
+changed so far (await it before acknowledging a submission or a cancel, and before answering an
+outcome); ``flush`` drains without
 waiting (after dispatch, worker reports and ticks)."""
 
 from __future__ import annotations

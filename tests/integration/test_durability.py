@@ -159,7 +159,9 @@ def _converted(c: Client, rows: int, timeout: float = 60.0) -> dict[str, int]:
 def test_result_answered_only_once_journaled(make_client: Make) -> None:
     """Outcomes reach the journal within ``store.flush_interval_s`` (1 s here): ``result`` and
     ``wait`` answer only once theirs is there, so a kill right after the answer cannot run the
-    task again and record something else than what the caller saw."""
+    task again and record something else than what the caller saw. (The timed flush fires at
+    any phase of its second: without the commit each half fails unless the flush happens to
+    land between the answer and the kill, a few milliseconds.)"""
     c = make_client(store={"flush_interval_s": 1.0})
     wait_ready(c, 1)
     for call in ("result", "wait"):
@@ -170,7 +172,7 @@ def test_result_answered_only_once_journaled(make_client: Make) -> None:
         else:
             assert c.wait([tid], timeout=30)[0].state == "succeeded"
         seen = c.status(tid)
-        os.kill(pid, signal.SIGKILL)  # well within the second before the timed flush
+        os.kill(pid, signal.SIGKILL)
         after = c.status(tid)  # the client retries until the restarted actor answers
         assert _actor_pid(c) != pid
         assert after.state == "succeeded", after

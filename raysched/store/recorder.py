@@ -12,8 +12,9 @@ rows of a drain make one ``rows`` record, see ``records``); a task that ended ge
 a state row if its first row is in the same journal segment: the results files are made from them
 later (``results``, off the scheduler's process). ``commit`` waits until the journal has everything
 changed so far (await it before acknowledging a submission or a cancel, and before answering an
-outcome); ``flush`` drains without
-waiting (after dispatch, worker reports and ticks)."""
+outcome); ``flush`` drains without waiting (after dispatch, worker reports and ticks). The tasks
+of a frame whose write failed go again, whole, in the next drain, and a ``commit`` returns only
+once they are written."""
 
 from __future__ import annotations
 
@@ -72,6 +73,10 @@ class Recorder:
         self._segment = -1
         self._in_segment: set[Task] = set()
         self._ticks: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
+        # The tasks of frames whose write failed (appended by the writer thread): the next drain
+        # writes them again, whole. ``_drained``: the tasks of the last drain, for its frame.
+        self._redo: deque[list[Task]] = deque()
+        self._drained: list[Task] = []
         core.lifecycle.changes = self._changes
 
     def touch(self, t: Task) -> None:
@@ -81,7 +86,7 @@ class Recorder:
     @property
     def pending(self) -> int:
         """Tasks with changes not yet drained (held-back starts included)."""
-        return len(self._changes) + len(self._touched) + len(self._held)
+        return len(self._changes) + len(self._touched) + len(self._held) + len(self._redo)
 
     def drain(self, everything: bool = False) -> list[dict[str, Any]]:
         """The changes since the last drain as one ``rows`` record (``records.rows_record``;
@@ -89,9 +94,13 @@ class Recorder:
         stay back for a later drain, unless ``everything``."""
         changes = self._changes
         held = self._held
-        if not (changes or self._touched or held):
+        self._drained = []
+        if not (changes or self._touched or held or self._redo):
             return []
         dirty, self._changes = changes, {}
+        while self._redo:  # their rows are lost: whole rows again, as if new
+            for t in self._redo.popleft():
+                dirty[t] = dirty.get(t, 0) | CREATED
         core = self.core
         core.lifecycle.changes = self._changes
         touched, self._touched = self._touched, set()
@@ -178,11 +187,13 @@ class Recorder:
             ended = whole
         here.update(new)
         here.update(fresh)
+        touched_list = list(touched)
+        self._drained = [*new, *fresh, *changed, *touched_list, *ended, *ended_here, *starts]
         return [
             rows_record(
                 new,
                 changed,
-                list(touched),
+                touched_list,
                 core.fair.counters,
                 retrying,
                 ended,
@@ -217,13 +228,18 @@ class Recorder:
         ``everything``: held-back starts too (see ``drain``)."""
         with paused_gc():  # thousands of rows at once: see ``pause``
             done = self.journal.append_nowait(self.drain(everything))
-        done.add_done_callback(self._written)
+        drained, self._drained = self._drained, []
+        if drained:
+            done.add_done_callback(lambda f: self._written(f, drained))
         return done
 
-    def _written(self, done: Future[None]) -> None:
+    def _written(self, done: Future[None], drained: list[Task]) -> None:
         if done.exception() is not None:
-            # the first rows of that frame may be lost: later outcomes go whole again (a plain
-            # assignment, safe from the writer thread; the next drain starts a fresh set)
+            # The frame is lost: its tasks go again, whole, in the next drain (a deque append,
+            # safe from the writer thread; resolved before any later frame's future, so a commit
+            # whose own drain was empty still sees them, see ``commit``). First rows may be
+            # among them: later outcomes go whole too (the next drain starts a fresh set).
+            self._redo.append(drained)
             self._segment = -1
 
     async def commit(self) -> None:
@@ -231,11 +247,14 @@ class Recorder:
         acknowledging what changed. The commits of one turn of the event loop share one drain,
         one encoding and one journal entry (and the journal's writer batches further)."""
         loop = asyncio.get_running_loop()
-        fut = self._ticks.get(loop)
-        if fut is None:
-            fut = self._ticks[loop] = loop.create_future()
-            loop.call_soon(self._commit_tick, loop)
-        await asyncio.shield(fut)
+        while True:
+            fut = self._ticks.get(loop)
+            if fut is None:
+                fut = self._ticks[loop] = loop.create_future()
+                loop.call_soon(self._commit_tick, loop)
+            await asyncio.shield(fut)
+            if not self._redo:  # else an earlier frame failed: its changes are not written yet
+                return
 
     def _commit_tick(self, loop: asyncio.AbstractEventLoop) -> None:
         fut = self._ticks.pop(loop)
@@ -252,6 +271,8 @@ class Recorder:
     def commit_sync(self) -> None:
         """``commit`` for threads that are not an event loop (tests, benchmarks, recovery)."""
         self.flush().result()
+        while self._redo:
+            self.flush().result()
 
     def detach(self) -> None:
         """Stop recording (the lifecycle keeps no change log)."""

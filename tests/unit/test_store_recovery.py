@@ -5,6 +5,7 @@ order."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -764,6 +765,93 @@ def test_outcome_after_a_lost_first_row_is_written_whole(
     row = st.results.get("a")
     assert row is not None and row["state"] == "succeeded"
     st.close()
+
+
+def _fail_next_write(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
+    """The next ``os.write`` fails as on a full disk (the journal cuts the file back to its last
+    frame and goes on); set ``armed["on"]`` again for another."""
+    import os
+
+    real_write = os.write
+    armed = {"on": True}
+
+    def flaky(fd: int, data: Any) -> int:
+        if armed["on"]:
+            armed["on"] = False
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", flaky)
+    return armed
+
+
+def test_a_lost_frame_is_written_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A submission whose journal frame failed is not acknowledged; its task stays in memory
+    (a resubmission with the same id finds it and changes nothing), so the next drain must write
+    it again, or a crash would lose a task the retry had acknowledged."""
+    st = open_state(tmp_path)
+    _fail_next_write(monkeypatch)
+    st.core.submit(mk("a"), 1.0)
+    with pytest.raises(OSError, match="No space"):
+        st.recorder.commit_sync()
+    assert st.core.submit(mk("a"), 1.5) is not None  # the client's retry: a duplicate
+    st.core.submit(mk("b", at=2.0), 2.0)
+    st.recorder.commit_sync()  # the retry's acknowledgement
+    crash(st)
+    st2 = open_state(tmp_path, now=3.0)
+    assert {"a", "b"} <= set(st2.core.tasks), sorted(st2.core.tasks)
+    assert st2.core.tasks["a"].state is S.QUEUED
+    st2.close()
+
+
+def test_a_commit_waits_for_an_earlier_failed_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timed flush (nobody awaits it) drained a start and an outcome, and the writer thread is
+    still writing its frame when a commit with no change of its own queues its barrier. The
+    frame then fails and the barrier succeeds: the commit must not return before the lost rows
+    are written again."""
+    import os
+    import threading
+
+    st = open_state(tmp_path, sync="always")  # every frame goes through the writer thread
+    core = st.core
+    core.submit_many([mk("a"), mk("b")], 1.0)
+    st.recorder.commit_sync()
+    started = {t.id: t for t in core.dispatch(POOL, 2, 2.0, "w0")}
+    core.finish(started["b"], 2.5, ok=True, result={"b": 1})
+    real_write = os.write
+    writing, release = threading.Event(), threading.Event()
+    armed = {"on": True}
+
+    def slow_then_full(fd: int, data: Any) -> int:
+        if armed["on"]:
+            armed["on"] = False
+            writing.set()
+            release.wait(10)
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", slow_then_full)
+
+    async def scenario() -> None:
+        st.recorder.flush()  # the scheduler's timed flush
+        assert await asyncio.to_thread(writing.wait, 10)
+        commit = asyncio.ensure_future(st.recorder.commit())
+        for _ in range(3):
+            await asyncio.sleep(0)  # the commit's tick: an empty drain, a barrier queued
+        assert not st.recorder.pending and not commit.done()
+        release.set()
+        await commit
+
+    asyncio.run(scenario())
+    assert not st.recorder.pending, "the commit returned before the lost rows were written"
+    crash(st)
+    st2 = open_state(tmp_path, now=3.0)
+    a2, b2 = st2.core.tasks["a"], st2.core.tasks["b"]
+    assert a2.attempts == 1, "the start in the lost frame was not counted"
+    assert b2.state is S.SUCCEEDED and b2.result == {"b": 1}
+    st2.close()
 
 
 def test_a_start_is_a_short_row_unless_more_changed(tmp_path: Path) -> None:

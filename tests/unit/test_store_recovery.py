@@ -742,19 +742,8 @@ def test_outcome_after_a_lost_first_row_is_written_whole(
 ) -> None:
     """An outcome row relies on the task's first row in the same segment only while the journal
     has written every frame: after a failed write, outcomes are written whole again."""
-    import os
-
     st = open_state(tmp_path, "priority")
-    real_write = os.write
-    armed = {"on": True}
-
-    def flaky(fd: int, data: Any) -> int:
-        if armed["on"]:
-            armed["on"] = False
-            raise OSError(28, "No space left on device")
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", flaky)
+    _fail_next_write(monkeypatch)
     st.core.submit(mk("a"), 1.0)
     with pytest.raises(OSError, match="No space"):
         st.recorder.commit_sync()  # the frame with a's first row is lost

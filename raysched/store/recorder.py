@@ -74,9 +74,8 @@ class Recorder:
         self._in_segment: set[Task] = set()
         self._ticks: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
         # The tasks of frames whose write failed (appended by the writer thread): the next drain
-        # writes them again, whole. ``_drained``: the tasks of the last drain, for its frame.
+        # writes them again, whole.
         self._redo: deque[list[Task]] = deque()
-        self._drained: list[Task] = []
         core.lifecycle.changes = self._changes
 
     def touch(self, t: Task) -> None:
@@ -92,11 +91,14 @@ class Recorder:
         """The changes since the last drain as one ``rows`` record (``records.rows_record``;
         none if nothing changed). Running tasks that started less than ``hold_starts_s`` ago
         stay back for a later drain, unless ``everything``."""
+        return self._drain(everything)[0]
+
+    def _drain(self, everything: bool) -> tuple[list[dict[str, Any]], tuple[list[Task], ...]]:
+        """``drain``, and the lists of the tasks its record holds (for ``_written``)."""
         changes = self._changes
         held = self._held
-        self._drained = []
         if not (changes or self._touched or held or self._redo):
-            return []
+            return [], ()
         dirty, self._changes = changes, {}
         while self._redo:  # their rows are lost: whole rows again, as if new
             for t in self._redo.popleft():
@@ -166,7 +168,7 @@ class Recorder:
                     held[t] = CHANGED
                 touched.difference_update(held)
         if not (new or fresh or changed or touched or ended or starts):
-            return []
+            return [], ()
         self.ended += len(ended)
         # the record goes to the journal's current segment (drains and rotations happen on one
         # thread, and an append queues behind any rotation)
@@ -188,7 +190,7 @@ class Recorder:
         here.update(new)
         here.update(fresh)
         touched_list = list(touched)
-        self._drained = [*new, *fresh, *changed, *touched_list, *ended, *ended_here, *starts]
+        groups = (new, fresh, changed, touched_list, ended, ended_here, starts)
         return [
             rows_record(
                 new,
@@ -201,7 +203,7 @@ class Recorder:
                 starts,
                 fresh,
             )
-        ]
+        ], groups
 
     def _raised_parents(self, children: list[Task]) -> list[Task]:
         """Live ancestors of new tasks: accepting a child raises its parents' ``depth`` (a
@@ -227,19 +229,19 @@ class Recorder:
         """Drain into the journal without waiting (the future resolves when written);
         ``everything``: held-back starts too (see ``drain``)."""
         with paused_gc():  # thousands of rows at once: see ``pause``
-            done = self.journal.append_nowait(self.drain(everything))
-        drained, self._drained = self._drained, []
-        if drained:
-            done.add_done_callback(lambda f: self._written(f, drained))
+            records, groups = self._drain(everything)
+            done = self.journal.append_nowait(records)
+        if groups:
+            done.add_done_callback(lambda f: self._written(f, groups))
         return done
 
-    def _written(self, done: Future[None], drained: list[Task]) -> None:
+    def _written(self, done: Future[None], groups: tuple[list[Task], ...]) -> None:
         if done.exception() is not None:
             # The frame is lost: its tasks go again, whole, in the next drain (a deque append,
             # safe from the writer thread; resolved before any later frame's future, so a commit
             # whose own drain was empty still sees them, see ``commit``). First rows may be
             # among them: later outcomes go whole too (the next drain starts a fresh set).
-            self._redo.append(drained)
+            self._redo.append([t for g in groups for t in g])
             self._segment = -1
 
     async def commit(self) -> None:

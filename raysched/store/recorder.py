@@ -231,6 +231,9 @@ class Recorder:
         with paused_gc():  # thousands of rows at once: see ``pause``
             records, groups = self._drain(everything)
             done = self.journal.append_nowait(records)
+            # freed while paused: alive at the collection that re-enabling soon triggers, the
+            # rows would be scanned and moved to an older generation for nothing
+            del records
         if groups:
             done.add_done_callback(lambda f: self._written(f, groups))
         return done

@@ -605,6 +605,31 @@ def test_flush_leaves_the_garbage_collector_as_it_found_it(tmp_path: Path) -> No
     assert len(open_state(tmp_path, "priority").core.tasks) == 2
 
 
+def test_flush_frees_its_rows_before_the_collector_runs_again(tmp_path: Path) -> None:
+    """The rows of a big flush are built and freed while the collector is paused: re-enabling it
+    must not find them alive (a collection that scans thousands of dead-soon rows and moves them
+    to an older generation, which in turn brings on full collections of every task)."""
+    import gc
+
+    st = open_state(tmp_path, "priority")
+    st.core.submit_many([mk(f"r{i}") for i in range(3000)], 2.0)
+    for t in st.core.tasks.values():
+        assert isinstance(t.__dict__, dict)  # made on first use: the row would make it, and keep it
+    was, threshold = gc.isenabled(), gc.get_threshold()
+    try:
+        gc.enable()
+        gc.set_threshold(700, 10, 10)
+        gc.collect()
+        before = gc.get_stats()[0]["collections"]
+        st.recorder.flush().result(timeout=10)
+        assert gc.get_stats()[0]["collections"] == before
+        assert gc.get_count()[0] < 700
+    finally:
+        gc.set_threshold(*threshold)
+        gc.enable() if was else gc.disable()
+    st.close()
+
+
 @pytest.mark.parametrize("seed", [21, 22])
 def test_results_files_made_from_the_journal_hold_every_outcome_once(
     tmp_path: Path, seed: int

@@ -201,11 +201,12 @@ class StoreSettings(BaseModel):
     flush_interval_s: float = Field(default=0.02, ge=0, le=1.0)
     #: Journal a start only once the task has run this long: a task that ends sooner costs one
     #: journal row less (its outcome row says everything; about a quarter of the journal's
-    #: bytes for short tasks). The price: a process crash loses the start of a task younger than
-    #: this, which then runs again with that attempt not counted (recovery counts the starts
-    #: the journal has, and ``policy.max_redeliveries`` with them). Off by default: recovery
-    #: counts every attempt that was running.
-    hold_starts_s: float = Field(default=0.0, ge=0, le=60.0)
+    #: bytes for short tasks). After a crash of the scheduler's process, recovery asks the
+    #: workers the old instance left which attempts they were given, and counts those the
+    #: journal lacks; only a start on a worker that died too (its node went down with the
+    #: scheduler) within this window (plus a flush) goes uncounted, and that task runs again with
+    #: the attempt not counted. 0 journals every start at the next flush.
+    hold_starts_s: float = Field(default=0.05, ge=0, le=60.0)
     #: A local folder for the journal; default ``<store root>/journal`` (required when
     #: ``state_dir`` is ``s3://`` or ``gs://``: object stores cannot append or fsync).
     journal_dir: str | None = None

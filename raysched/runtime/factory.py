@@ -42,6 +42,7 @@ class _WorkerActor:
         sched: str,
         ns: str,
         blobs: dict[str, Any] | None = None,
+        remember_s: float = 10.0,
     ):
         p = PoolSettings.model_validate(pool)
         self._sched_name, self._ns = sched, ns
@@ -55,6 +56,7 @@ class _WorkerActor:
             default_registry(aliases),
             self._report,
             slots=p.slots,
+            remember_s=remember_s,
             max_paused=p.max_paused,
             fetch=self._fetch if self._blobs is not None else None,
         )
@@ -144,11 +146,14 @@ class _WorkerActor:
     async def lease(self) -> None:
         await self.core.lease()
 
-    async def assign(self, items: list[tuple[str, str, Any, int]]) -> int:
+    async def assign(self, items: list[tuple[Any, ...]]) -> int:
         return await self.core.assign(items)
 
     async def stop(self, tid: str, kind: str) -> bool:
         return await self.core.stop(tid, kind)
+
+    async def given(self) -> dict[str, int]:
+        return self.core.given()
 
     async def telemetry(self) -> dict[str, Any]:
         return {**self.core.telemetry(), "node_id": ray.get_runtime_context().get_node_id()}
@@ -184,6 +189,9 @@ class RaySpawner:
             if st.enabled
             else None
         )
+        # a start reaches the journal at most hold_starts_s + a flush after the assignment
+        # (later when the scheduler's loop is busy: hence the margin)
+        self._remember_s = st.hold_starts_s + st.flush_interval_s + 10.0
 
     def spawn(self, pool: PoolSettings, worker_id: str) -> Any:
         opts: dict[str, Any] = {
@@ -207,6 +215,7 @@ class RaySpawner:
                 self.settings.actor_name,
                 self.settings.namespace,
                 self._blobs,
+                self._remember_s,
             )
         )
 
@@ -240,7 +249,7 @@ class RaySpawner:
         else:
             await handle.chan.lost.wait()
 
-    def assign(self, handle: _WorkerRef, items: list[tuple[str, str, Any, int]]) -> Any:
+    def assign(self, handle: _WorkerRef, items: list[tuple[Any, ...]]) -> Any:
         if handle.chan is not None:
             return handle.chan.send("assign", items)
         return handle.actor.assign.remote(items)
@@ -260,8 +269,10 @@ class _SchedulerActor:
         self.settings = Settings.model_validate(settings)
         # Workers a previous instance left are killed; what they ran is redelivered by recovery
         # (at-least-once), and events they still send name workers this instance never had.
-        _reap_workers(self.settings.namespace)
-        store = _recover(self.settings) if self.settings.store.enabled else None
+        # First they say which attempts they were given: recovery counts those whose start the
+        # journal had not got yet.
+        given = _reap_workers(self.settings.namespace)
+        store = _recover(self.settings, given) if self.settings.store.enabled else None
         if store is not None:
             store.convert = _ray_converter()
         self.svc = SchedulerService(
@@ -433,7 +444,9 @@ def _ray_converter(timeout_s: float = 600.0) -> Callable[[ConvertJob], ConvertRe
     return run
 
 
-def _recover(settings: Settings, wait_lock_s: float = 30.0) -> RecoveredState:
+def _recover(
+    settings: Settings, started: dict[str, int] | None = None, wait_lock_s: float = 30.0
+) -> RecoveredState:
     """Load the durable state before the actor answers anything (Ray queues calls until the
     constructor returns, so nobody sees a half-loaded queue). A journal still locked by a dying
     predecessor is waited for."""
@@ -450,6 +463,7 @@ def _recover(settings: Settings, wait_lock_s: float = 30.0) -> RecoveredState:
                 on_refused=log.warning,
                 restore_finished=st.restore_finished,
                 keep_snapshots=st.keep_snapshots,
+                started=started,
             )
         except JournalLocked:
             if time.monotonic() >= deadline:
@@ -461,12 +475,15 @@ def _recover(settings: Settings, wait_lock_s: float = 30.0) -> RecoveredState:
         return state
 
 
-def _reap_workers(namespace: str) -> None:
-    """Kill detached workers a previous scheduler instance left (recovery requeues their work)."""
+def _reap_workers(namespace: str, ask_s: float = 2.0) -> dict[str, int]:
+    """Kill detached workers a previous scheduler instance left (recovery requeues their work),
+    after asking them (for up to ``ask_s`` in all) which attempts they were given: task id ->
+    attempt number, the highest any of them reports."""
     try:
         names = ray.util.list_named_actors(all_namespaces=True)
     except Exception:
-        return
+        return {}
+    workers: list[Any] = []
     for entry in names:
         if (
             isinstance(entry, dict)
@@ -474,9 +491,27 @@ def _reap_workers(namespace: str) -> None:
             and str(entry.get("name", "")).startswith("raysched-w-")
         ):
             try:
-                ray.kill(ray.get_actor(entry["name"], namespace=namespace), no_restart=True)
+                workers.append(ray.get_actor(entry["name"], namespace=namespace))
             except Exception:
                 pass
+    given: dict[str, int] = {}
+    refs: list[Any] = [w.given.remote() for w in workers]
+    if refs:
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=ask_s)
+        for ref in done:
+            try:
+                got = ray.get(ref)
+            except Exception:  # a dying worker: what it ran is redelivered uncounted
+                continue
+            for tid, attempt in got.items():
+                if attempt > given.get(tid, 0):
+                    given[tid] = attempt
+    for w in workers:
+        try:
+            ray.kill(w, no_restart=True)
+        except Exception:
+            pass
+    return given
 
 
 def get_scheduler(settings: Settings) -> Any:

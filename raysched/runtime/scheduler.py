@@ -48,9 +48,7 @@ class WorkerSpawner(Protocol):
     def ready(self, handle: Any) -> Awaitable[Any]: ...
     def lease(self, handle: Any) -> Awaitable[Any]: ...
     # assign and stop return None when the command was already handed over (a direct channel)
-    def assign(
-        self, handle: Any, items: list[tuple[str, str, Any, int]]
-    ) -> Awaitable[Any] | None: ...
+    def assign(self, handle: Any, items: list[tuple[Any, ...]]) -> Awaitable[Any] | None: ...
     def stop(self, handle: Any, tid: str, kind: str) -> Awaitable[Any] | None: ...
     def telemetry(self, handle: Any) -> Awaitable[Any]: ...
 
@@ -198,6 +196,7 @@ class SchedulerService:
                 "live": rep.live,
                 "finished": rep.finished,
                 "requeued": rep.requeued,
+                "started_by_workers": rep.started_by_workers,
                 "snapshot": rep.snapshot,
                 "journal_records": rep.journal_records,
                 "damaged": list(rep.damaged),
@@ -355,13 +354,14 @@ class SchedulerService:
                 log.error("journal write failed: %s", exc)
             self._store_error = str(exc)
 
-    async def _commit(self) -> dict[str, Any] | None:
-        """Wait until the journal holds every change so far: call before acknowledging. Returns
-        an error body when it cannot (the caller answers with it instead of an acknowledgement)."""
+    async def _commit(self, new_only: bool = False) -> dict[str, Any] | None:
+        """Wait until the journal holds every change so far (``new_only``: every new task, which
+        is what acknowledging a submission needs): call before acknowledging. Returns an error
+        body when it cannot (the caller answers with it instead of an acknowledgement)."""
         if self.recorder is None:
             return None
         try:
-            await self.recorder.commit()
+            await self.recorder.commit(new_only)
         except Exception as exc:
             if self._store_error is None:  # once: reads that commit would repeat it per call
                 log.error("journal write failed: %s", exc)
@@ -544,7 +544,7 @@ class SchedulerService:
                 if t.home != w.id:
                     self._drop_paused(t)
                 self._set_home(t, None)
-            items.append((t.id, t.kind, t.payload, t.steps))
+            items.append((t.id, t.kind, t.payload, t.steps, t.attempts))
             self._notify(t)
         self.dispatched += len(items)
         self._fire(w, self.spawner.assign(w.handle, items))
@@ -763,7 +763,11 @@ class SchedulerService:
         # Dispatch first (latency): the journal record then carries the current state anyway,
         # and nothing is acknowledged before the journal has it.
         self._dispatch(now)
-        err = await self._commit()
+        # only the new tasks hold up the acknowledgement; the starts just made (and what
+        # workers reported meanwhile) go with the next flush, where a short task's start and
+        # end make one row
+        self._flush_soon()
+        err = await self._commit(new_only=True)
         if err is not None:
             return err
         return {"ids": [t.id for t in accepted], "states": [t.state.value for t in accepted]}
@@ -1115,6 +1119,9 @@ class SchedulerService:
                 "results_converted": dict(self.store.conversions),
                 "error": self._store_error,
                 "recovery_s": round(self.store.report.seconds, 3),
+                # redelivered by the last recovery; of those, starts only a worker still knew
+                "recovery_requeued": self.store.report.requeued,
+                "recovery_started_by_workers": self.store.report.started_by_workers,
                 # large values (store.inline_max_bytes): blobs written here, object refs handed out
                 "blobs": dict(self.blob_counts),
             }

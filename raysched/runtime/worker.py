@@ -111,6 +111,7 @@ class WorkerCore:
         report: Report,
         *,
         slots: int = 1,
+        remember_s: float = 10.0,
         max_paused: int = 4,
         flush_s: float = 0.002,
         clock: Callable[[], float] = time.monotonic,
@@ -140,6 +141,11 @@ class WorkerCore:
         self._tasks: list[asyncio.Task[None]] = []
         self._bg: set[asyncio.Task[None]] = set()
         self.executed = 0
+        #: How long the attempts this worker was given are kept for ``given`` (longer than the
+        #: scheduler may take to journal a start: ``store.hold_starts_s`` plus a flush).
+        self.remember_s = remember_s
+        # (received at, ids, attempt numbers) per assign call, oldest first
+        self._given: deque[tuple[float, list[str], list[int]]] = deque()
 
     # -- lifecycle --------------------------------------------------------------------------
     def _ensure_started(self) -> None:
@@ -164,14 +170,21 @@ class WorkerCore:
         self._closed.set()
 
     # -- commands from the scheduler ---------------------------------------------------------
-    async def assign(self, items: list[tuple[str, str, Any, int]]) -> int:
+    async def assign(self, items: list[tuple[Any, ...]]) -> int:
         return self.assign_now(items)
 
-    def assign_now(self, items: list[tuple[str, str, Any, int]]) -> int:
-        """Queue assignments and start what the free slots allow (on the event loop)."""
+    def assign_now(self, items: list[tuple[Any, ...]]) -> int:
+        """Queue assignments and start what the free slots allow (on the event loop). An item
+        is ``(task id, handler, payload, steps done[, attempt number])``."""
         self._ensure_started()
         inbox = self._inbox
-        for tid, kind, payload, steps_done in items:
+        ids: list[str] = []
+        attempts: list[int] = []
+        for item in items:
+            tid, kind, payload, steps_done = item[:4]
+            if len(item) > 4:
+                ids.append(tid)
+                attempts.append(item[4])
             a = Assignment(tid, kind, payload, steps_done)
             if self._fetch is not None and is_blob(payload):
                 self._fetching[tid] = a
@@ -180,8 +193,27 @@ class WorkerCore:
                 t.add_done_callback(self._bg.discard)
             else:
                 inbox.append(a)
+        if ids:
+            self._remember(ids, attempts)
         self._pump()
         return len(items)
+
+    def _remember(self, ids: list[str], attempts: list[int]) -> None:
+        now = self.clock()
+        given = self._given
+        given.append((now, ids, attempts))
+        cutoff = now - self.remember_s
+        while given[0][0] < cutoff:
+            given.popleft()
+
+    def given(self) -> dict[str, int]:
+        """The attempt numbers of the tasks assigned here in the last ``remember_s`` (the
+        latest per task). A restarted scheduler asks before it stops this worker: a start its
+        journal had not got yet then still counts as an attempt."""
+        out: dict[str, int] = {}
+        for _, ids, attempts in self._given:
+            out.update(zip(ids, attempts, strict=True))
+        return out
 
     async def _fetch_payload(self, a: Assignment, fetch: Fetch) -> None:
         try:

@@ -73,6 +73,8 @@ class Recorder:
         self._segment = -1
         self._in_segment: set[Task] = set()
         self._ticks: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
+        # loops whose pending commit must drain every change (not only new tasks)
+        self._full_ticks: set[asyncio.AbstractEventLoop] = set()
         # The tasks of frames whose write failed (appended by the writer thread): the next drain
         # writes them again, whole.
         self._redo: deque[list[Task]] = deque()
@@ -93,19 +95,32 @@ class Recorder:
         stay back for a later drain, unless ``everything``."""
         return self._drain(everything)[0]
 
-    def _drain(self, everything: bool) -> tuple[list[dict[str, Any]], tuple[list[Task], ...]]:
-        """``drain``, and the lists of the tasks its record holds (for ``_written``)."""
+    def _drain(
+        self, everything: bool, new_only: bool = False
+    ) -> tuple[list[dict[str, Any]], tuple[list[Task], ...]]:
+        """``drain``, and the lists of the tasks its record holds (for ``_written``);
+        ``new_only``: only new tasks (and frames to write again); other changes stay for the
+        next drain."""
         changes = self._changes
         held = self._held
-        if not (changes or self._touched or held or self._redo):
+        if new_only:
+            dirty = {t: m for t, m in changes.items() if m & CREATED}
+            if not (dirty or self._redo):
+                return [], ()
+            self._changes = {t: m for t, m in changes.items() if not m & CREATED}
+        elif not (changes or self._touched or held or self._redo):
             return [], ()
-        dirty, self._changes = changes, {}
+        else:
+            dirty, self._changes = changes, {}
         while self._redo:  # their rows are lost: whole rows again, as if new
             for t in self._redo.popleft():
                 dirty[t] = dirty.get(t, 0) | CREATED
         core = self.core
         core.lifecycle.changes = self._changes
-        touched, self._touched = self._touched, set()
+        if new_only:
+            touched: set[Task] = set()
+        else:
+            touched, self._touched = self._touched, set()
         waiting = core.retrying
         terminal = _TERMINAL
         new: list[Task] = []
@@ -145,7 +160,7 @@ class Recorder:
                 new.append(t)
         # starts held long enough (or all, for ``everything``); ``order`` may name a task that
         # changed since (popped from ``held`` above) or was held again (named twice)
-        while order:
+        while order and not new_only:
             t = order[0]
             if hold and t.started_at > young and t in held:
                 break
@@ -225,11 +240,11 @@ class Recorder:
                 stack.extend(p.depends_on)
         return out
 
-    def flush(self, everything: bool = False) -> Future[None]:
+    def flush(self, everything: bool = False, new_only: bool = False) -> Future[None]:
         """Drain into the journal without waiting (the future resolves when written);
-        ``everything``: held-back starts too (see ``drain``)."""
+        ``everything``: held-back starts too; ``new_only``: new tasks only (see ``_drain``)."""
         with paused_gc():  # thousands of rows at once: see ``pause``
-            records, groups = self._drain(everything)
+            records, groups = self._drain(everything, new_only)
             done = self.journal.append_nowait(records)
             # freed while paused: alive at the collection that re-enabling soon triggers, the
             # rows would be scanned and moved to an older generation for nothing
@@ -247,24 +262,30 @@ class Recorder:
             self._redo.append([t for g in groups for t in g])
             self._segment = -1
 
-    async def commit(self) -> None:
+    async def commit(self, new_only: bool = False) -> None:
         """Wait until every change made so far is written per the sync policy: call before
         acknowledging what changed. The commits of one turn of the event loop share one drain,
-        one encoding and one journal entry (and the journal's writer batches further)."""
+        one encoding and one journal entry (and the journal's writer batches further).
+        ``new_only``: enough to acknowledge submissions: the new tasks (with their current
+        state) are written, other changes wait for the next ``flush``."""
         loop = asyncio.get_running_loop()
         while True:
             fut = self._ticks.get(loop)
             if fut is None:
                 fut = self._ticks[loop] = loop.create_future()
                 loop.call_soon(self._commit_tick, loop)
+            if not new_only:
+                self._full_ticks.add(loop)
             await asyncio.shield(fut)
             if not self._redo:  # else an earlier frame failed: its changes are not written yet
                 return
 
     def _commit_tick(self, loop: asyncio.AbstractEventLoop) -> None:
         fut = self._ticks.pop(loop)
+        full = loop in self._full_ticks
+        self._full_ticks.discard(loop)
         try:
-            done = self.flush()
+            done = self.flush(new_only=not full)
         except BaseException as exc:
             fut.set_exception(exc)
             return

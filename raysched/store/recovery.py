@@ -5,6 +5,8 @@ to, settles tasks whose outcome the results store already holds, restores everyt
 core (``SchedulerCore.restore``: seq order, levels, attained service, attempts, idempotency keys,
 fair-share counters), redelivers work that was running (attempt counted; ``steps`` kept, so a
 resumable stepwise handler restarts from its last reported step), journals what it changed,
+counts the attempts that the surviving workers of the previous instance were given but whose start
+the journal had not got yet (``started``),
 records outcomes the results store lacked, and only then returns: mark the scheduler ready after
 that. The returned ``RecoveredState`` holds the open journal, checkpoints, results store and the
 recorder, and takes checkpoints (``checkpoint_async``)."""
@@ -17,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +74,9 @@ class RecoveryReport:
     finished: int = 0
     live: int = 0
     requeued: int = 0
+    #: Of those, tasks the journal had as waiting that a surviving worker said it was given
+    #: (``started``: a start not journaled yet, e.g. held back by ``hold_starts_s``).
+    started_by_workers: int = 0
     #: Outcomes found only in the journal, now written to the results store.
     results_recorded: int = 0
     seconds: float = 0.0
@@ -271,13 +276,17 @@ def recover(
     restore_finished: bool = True,
     keep_snapshots: int = 2,
     filesystem: Any = None,
+    started: Mapping[str, int] | None = None,
 ) -> RecoveredState:
     """Rebuild the scheduler's state (see the module docstring). ``state_dir``: local folder or
     ``s3://``/``gs://`` URI for snapshots and results; ``journal_dir``: a local folder, by default
     ``<state_dir>/journal`` when ``state_dir`` is local (required otherwise). An empty state
     directory gives an empty core. ``restore_finished=False`` skips loading finished tasks into
     the core (faster with millions of results, but then resubmitting a finished task's id or
-    idempotency key runs it again, and children of finished parents are refused)."""
+    idempotency key runs it again, and children of finished parents are refused). ``started``:
+    task id -> attempt number, what the workers a previous instance left were given
+    (``WorkerCore.given``): a live task the journal has at fewer attempts is redelivered with
+    that attempt counted, as if its start had been journaled."""
     # Recovery allocates hundreds of thousands of long-lived objects at once: the cyclic garbage
     # collector would rescan them over and over (more than half the time at 100k tasks).
     paused = gc.isenabled()
@@ -296,6 +305,7 @@ def recover(
             restore_finished=restore_finished,
             keep_snapshots=keep_snapshots,
             filesystem=filesystem,
+            started=started,
         )
     finally:
         if paused:
@@ -316,6 +326,7 @@ def _recover(
     restore_finished: bool,
     keep_snapshots: int,
     filesystem: Any,
+    started: Mapping[str, int] | None,
 ) -> RecoveredState:
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
@@ -453,6 +464,25 @@ def _recover(
         keep = pa.array([tid not in tasks for tid in ids])
         finished = _finished_tasks(table.filter(keep))
     lap("results")
+
+    # 3b. starts the journal had not got yet but a surviving worker had (held back or not
+    # flushed yet): as if journaled, so the attempt counts and the task is redelivered
+    for tid, attempt in (started or {}).items():
+        t = tasks.get(tid)
+        if t is None or attempt <= t.attempts:
+            continue
+        if t.state.terminal and tid not in retrying:
+            continue  # its outcome is recorded: that attempt ended
+        retrying.discard(tid)
+        t.attempts = attempt
+        t.state = TaskState.RUNNING
+        rep.started_by_workers += 1
+    if rep.started_by_workers:
+        log.warning(
+            "recovery: %d tasks the journal had as waiting were running on a surviving worker; "
+            "their attempt is counted",
+            rep.started_by_workers,
+        )
 
     # 4. a fresh core, then the changes recovery made go to the journal and results
     core = SchedulerCore(settings, pools=pools, audit=audit, on_refused=on_refused)

@@ -118,6 +118,33 @@ def test_scheduler_process_killed_three_times(make_client: Make) -> None:
     assert conv["rows"] > 0 and conv["pid"] not in (0, pids[-1]), conv
 
 
+def test_starts_the_journal_lacked_are_counted_from_the_workers_left(make_client: Make) -> None:
+    """``store.hold_starts_s`` keeps starts out of the journal (here every start: 60 s). The
+    scheduler's process is killed while tasks run; the restarted instance asks the workers the
+    old one left which attempts they were given before it stops them, so the attempts that were
+    running still count."""
+    c = make_client(
+        pools=[PoolSettings(min_workers=2, max_workers=2, slots=4)],
+        store={"hold_starts_s": 60.0},
+    )
+    wait_ready(c, 2)
+    ids = c.submit_batch(_specs("h", 0, 24, tokens=100))  # 0.5 s each, 8 at a time
+    pid = _actor_pid(c)
+    deadline = time.monotonic() + 60
+    while c.progress()["dispatched"] < 8 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)  # the handlers are running now
+    assert c.progress()["completed"] < 8
+    os.kill(pid, signal.SIGKILL)
+    store = c.stats()["store"]  # the client waits for the restarted actor
+    assert _actor_pid(c) != pid, "the actor was not restarted"
+    assert store["recovery_started_by_workers"] >= 1, store
+    assert store["recovery_requeued"] >= store["recovery_started_by_workers"]
+    _wait_done(c, len(ids), timeout=120)
+    rows = _check_exactly_once(c, ids)
+    assert sum(int(r["attempts"]) > 1 for r in rows) >= store["recovery_started_by_workers"]  # type: ignore[call-overload]
+
+
 def test_worker_actors_killed_at_random(make_client: Make) -> None:
     c = make_client(
         pools=[PoolSettings(min_workers=3, max_workers=3, slots=4)],

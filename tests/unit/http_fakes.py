@@ -50,7 +50,7 @@ class InProcessSpawner:
     def lease(self, handle: WorkerCore) -> Any:
         return handle.lease()
 
-    def assign(self, handle: WorkerCore, items: list[tuple[str, str, Any, int]]) -> Any:
+    def assign(self, handle: WorkerCore, items: list[tuple[Any, ...]]) -> Any:
         return handle.assign(copy.deepcopy(items))
 
     def stop(self, handle: WorkerCore, tid: str, kind: str) -> Any:

@@ -977,3 +977,85 @@ def test_a_child_raises_the_depth_of_a_parent_waiting_out_a_retry(tmp_path: Path
     crash(st)
     got = open_state(tmp_path, now=1.3).core.tasks
     assert (got["par"].depth, got["kid"].state) == (1, S.PENDING)
+
+
+def test_starts_only_a_surviving_worker_knew_are_counted(tmp_path: Path) -> None:
+    """``recover(started=...)``: the attempts the workers of the crashed instance were given.
+    A live task the journal has at fewer attempts (its start was held back, or not flushed) is
+    redelivered with that attempt counted; finished tasks, unknown ids and attempts the journal
+    already has change nothing, so asking again after a second crash counts nothing twice."""
+    pol = PolicySettings(policy="priority", retry_backoff_s=1.0, max_redeliveries=2)
+    st = recover(str(tmp_path), settings=pol, now=1.0)
+    st.recorder.hold_starts_s = 60.0  # no start reaches the journal
+    st.recorder.clock = lambda: 5.0
+    core = st.core
+    core.submit_many([mk("fin"), mk("x"), mk("y"), mk("r", max_retries=1), mk("z")], 1.0)
+    st.recorder.commit_sync()
+    fin, x, y, r = core.dispatch(POOL, 4, 2.0, "w1")
+    assert [t.id for t in (fin, x, y, r)] == ["fin", "x", "y", "r"]
+    core.finish(fin, 2.5, ok=True, result=1)
+    core.finish(r, 2.5, ok=False, error_type="E", error="flaky")  # a retry after 1 s
+    st.recorder.commit_sync()
+    assert core.tick(3.6) == [] and r.state is S.QUEUED
+    # r's second attempt and z's first: not journaled either
+    assert {t.id for t in core.dispatch(POOL, 2, 3.7, "w2")} == {"r", "z"}
+    assert r.attempts == 2
+    crash(st)
+
+    # y's and z's workers died with the scheduler ("z": 0 is no attempt)
+    given = {"fin": 1, "x": 1, "r": 2, "z": 0, "gone": 1}
+    st2 = recover(str(tmp_path), settings=pol, now=10.0, started=given)
+    tasks = st2.core.tasks
+    assert st2.report.started_by_workers == 2 and st2.report.requeued == 2
+    assert (tasks["x"].state, tasks["x"].attempts, tasks["x"].redeliveries) == (S.QUEUED, 1, 1)
+    assert (tasks["r"].state, tasks["r"].attempts, tasks["r"].redeliveries) == (S.QUEUED, 2, 1)
+    assert st2.core.is_final(tasks["fin"]) and tasks["fin"].attempts == 1
+    assert (tasks["y"].state, tasks["y"].attempts) == (S.QUEUED, 0)  # uncounted: nobody knew
+    assert (tasks["z"].state, tasks["z"].attempts) == (S.QUEUED, 0)
+    assert "gone" not in tasks
+    crash(st2)
+
+    st3 = recover(str(tmp_path), settings=pol, now=11.0, started=given)
+    assert st3.report.started_by_workers == 0 and st3.report.requeued == 0
+    assert (st3.core.tasks["x"].attempts, st3.core.tasks["x"].redeliveries) == (1, 1)
+    assert (st3.core.tasks["r"].attempts, st3.core.tasks["r"].redeliveries) == (2, 1)
+    st3.close()
+
+
+def test_a_submission_commit_writes_only_the_new_tasks(tmp_path: Path) -> None:
+    """``commit(new_only=True)`` (what acknowledging a submission needs) writes the new tasks,
+    in their current state; starts and outcomes of older tasks wait for the next flush, where a
+    task that started and ended in between costs one row. A full commit in the same turn of the
+    loop writes everything."""
+    st = open_state(tmp_path, "priority")
+    core, rec = st.core, st.recorder
+    core.submit_many([mk("a"), mk("b")], 1.0)
+    rec.commit_sync()
+    rows = st.journal.stats.records
+    a, _ = core.dispatch(POOL, 2, 2.0, "w1")
+    core.submit_many([mk("c"), mk("d")], 2.0)
+    (c,) = core.dispatch(POOL, 1, 2.0, "w1")
+    assert c.id == "c"
+
+    async def new_only() -> None:
+        await rec.commit(new_only=True)
+
+    asyncio.run(new_only())
+    assert st.journal.stats.records == rows + 2  # c (running) and d, not a's and b's starts
+    core.finish(a, 2.5, ok=True, result=1)
+    asyncio.run(new_only())  # nothing new: a barrier, no rows
+    assert st.journal.stats.records == rows + 2
+
+    async def both() -> None:
+        await asyncio.gather(rec.commit(new_only=True), rec.commit())
+
+    asyncio.run(both())
+    assert st.journal.stats.records == rows + 4  # a: one row for start and end; b's start
+    crash(st)
+
+    st2 = open_state(tmp_path, "priority", 3.0)
+    t = st2.core.tasks
+    assert st2.core.is_final(t["a"]) and t["a"].result == 1 and t["a"].attempts == 1
+    assert (t["b"].attempts, t["b"].redeliveries, t["c"].attempts) == (1, 1, 1)
+    assert t["d"].state is S.QUEUED and st2.report.requeued == 2
+    st2.close()

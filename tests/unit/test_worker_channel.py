@@ -213,3 +213,28 @@ def test_a_full_worker_drops_the_paused_state_with_the_fewest_steps() -> None:
     # after its pause, so that the scheduler, which homes a paused task, forgets it again
     short = [e["t"] for e in rep.events if e["id"] == "short" and e["t"] != "step"]
     assert short[-2:] == ["paused", "evicted"]
+
+
+def test_a_worker_remembers_the_attempts_it_was_given_for_a_while() -> None:
+    """``given``: what a restarted scheduler asks before it stops the workers its predecessor
+    left (recovery counts the starts its journal lacked). The latest attempt per task, kept
+    ``remember_s``; assignments without an attempt number are not remembered."""
+    clock = [100.0]
+
+    async def main() -> None:
+        w = WorkerCore(
+            "w1", registry_with(), Reports(), slots=2, remember_s=5.0, clock=lambda: clock[0]
+        )
+        w.assign_now([("a", "echo", {}, 0, 1), ("b", "echo", {}, 0, 1)])
+        clock[0] = 103.0
+        w.assign_now([("a", "echo", {}, 0, 2), ("old-style", "echo", {}, 0)])
+        assert w.given() == {"a": 2, "b": 1}
+        clock[0] = 107.0  # the first assignment is older than remember_s now
+        w.assign_now([("c", "echo", {}, 0, 3)])
+        assert w.given() == {"a": 2, "c": 3}
+        clock[0] = 120.0
+        w.assign_now([("d", "echo", {}, 0, 1)])
+        assert w.given() == {"d": 1}
+        await w.shutdown()
+
+    asyncio.run(main())

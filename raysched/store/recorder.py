@@ -8,15 +8,15 @@ not transitions (service and steps reported by a running task, a level demotion)
 ``touch``. With ``hold_starts_s`` set (the scheduler's default is 50 ms), a start is held back that
 long: most short tasks then end before their start is drained, and one outcome row says both (a
 restarted scheduler counts the held starts the surviving workers report: ``recover(started=)``).
-``drain`` builds one row per dirty task from its *current* state (several changes between two drains cost one row; the
-rows of a drain make one ``rows`` record, see ``records``); a task that ended gets a whole row, or
-a state row if its first row is in the same journal segment: the results files are made from them
-later (``results``, off the scheduler's process). ``commit`` waits until the journal has everything
-changed so far (await it before acknowledging a submission or a cancel, and before answering an
-outcome; ``commit(new_only=True)`` waits for the new tasks only, enough to acknowledge a
-submission); ``flush`` drains without waiting (after dispatch, worker reports and ticks). The tasks
-of a frame whose write failed go again, whole, in the next drain, and a ``commit`` returns only
-once they are written."""
+``drain`` builds one row per dirty task from its *current* state (several changes between two
+drains cost one row; the rows of a drain make one ``rows`` record, see ``records``); a task that
+ended gets a whole row, or a state row if its first row is in the same journal segment: the results
+files are made from them later (``results``, off the scheduler's process). ``commit`` waits until
+the journal has everything changed so far (await it before acknowledging a submission or a cancel,
+and before answering an outcome; ``commit(new_only=True)`` waits for the new tasks only, enough to
+acknowledge a submission); ``flush`` drains without waiting (after dispatch, worker reports and
+ticks). The tasks of a frame whose write failed go again, whole, in the next drain, and a
+``commit`` returns only once they are written."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ray
@@ -191,7 +191,7 @@ class RaySpawner:
         )
         # a start reaches the journal at most hold_starts_s + a flush after the assignment
         # (later when the scheduler's loop is busy: hence the margin)
-        self._remember_s = st.hold_starts_s + st.flush_interval_s + 10.0
+        self._remember_s = st.hold_starts_s + st.flush_interval_s + 5.0
 
     def spawn(self, pool: PoolSettings, worker_id: str) -> Any:
         opts: dict[str, Any] = {
@@ -269,10 +269,13 @@ class _SchedulerActor:
         self.settings = Settings.model_validate(settings)
         # Workers a previous instance left are killed; what they ran is redelivered by recovery
         # (at-least-once), and events they still send name workers this instance never had.
-        # First they say which attempts they were given: recovery counts those whose start the
-        # journal had not got yet.
-        given = _reap_workers(self.settings.namespace)
-        store = _recover(self.settings, given) if self.settings.store.enabled else None
+        # With a store they are first asked which attempts they were given (answered while
+        # recovery loads the journal): recovery counts those whose start the journal lacks.
+        reaper = _Reaper(self.settings.namespace, ask=self.settings.store.enabled)
+        try:
+            store = _recover(self.settings, reaper) if self.settings.store.enabled else None
+        finally:
+            reaper()
         if store is not None:
             store.convert = _ray_converter()
         self.svc = SchedulerService(
@@ -445,7 +448,9 @@ def _ray_converter(timeout_s: float = 600.0) -> Callable[[ConvertJob], ConvertRe
 
 
 def _recover(
-    settings: Settings, started: dict[str, int] | None = None, wait_lock_s: float = 30.0
+    settings: Settings,
+    started: Callable[[], Mapping[str, int]] | None = None,
+    wait_lock_s: float = 30.0,
 ) -> RecoveredState:
     """Load the durable state before the actor answers anything (Ray queues calls until the
     constructor returns, so nobody sees a half-loaded queue). A journal still locked by a dying
@@ -475,43 +480,55 @@ def _recover(
         return state
 
 
-def _reap_workers(namespace: str, ask_s: float = 2.0) -> dict[str, int]:
-    """Kill detached workers a previous scheduler instance left (recovery requeues their work),
-    after asking them (for up to ``ask_s`` in all) which attempts they were given: task id ->
-    attempt number, the highest any of them reports."""
-    try:
-        names = ray.util.list_named_actors(all_namespaces=True)
-    except Exception:
-        return {}
-    workers: list[Any] = []
-    for entry in names:
-        if (
-            isinstance(entry, dict)
-            and entry.get("namespace") == namespace
-            and str(entry.get("name", "")).startswith("raysched-w-")
-        ):
+class _Reaper:
+    """The detached workers a previous scheduler instance left. Asked at once (with ``ask``)
+    which attempts they were given; called, it waits for their answers until ``ask_s`` after
+    the asking, kills them all, and returns task id -> attempt number (the highest any of them
+    reports; the same on later calls). A worker not placed yet (no resources for it) never
+    answers: the wait overlaps recovery's loading, so it costs a restart at most ``ask_s``."""
+
+    def __init__(self, namespace: str, *, ask: bool, ask_s: float = 0.5) -> None:
+        self.workers: list[Any] = []
+        try:
+            names = ray.util.list_named_actors(all_namespaces=True)
+        except Exception:
+            names = []
+        for entry in names:
+            if (
+                isinstance(entry, dict)
+                and entry.get("namespace") == namespace
+                and str(entry.get("name", "")).startswith("raysched-w-")
+            ):
+                try:
+                    self.workers.append(ray.get_actor(entry["name"], namespace=namespace))
+                except Exception:
+                    pass
+        self.refs: list[Any] = [w.given.remote() for w in self.workers] if ask else []
+        self.deadline = time.monotonic() + ask_s
+        self.given: dict[str, int] | None = None
+
+    def __call__(self) -> dict[str, int]:
+        if self.given is not None:
+            return self.given
+        given: dict[str, int] = {}
+        if self.refs:
+            left = max(0.0, self.deadline - time.monotonic())
+            done, _ = ray.wait(self.refs, num_returns=len(self.refs), timeout=left)
+            for ref in done:
+                try:
+                    got = ray.get(ref)
+                except Exception:  # a dying worker: what it ran is redelivered uncounted
+                    continue
+                for tid, attempt in got.items():
+                    if attempt > given.get(tid, 0):
+                        given[tid] = attempt
+        for w in self.workers:
             try:
-                workers.append(ray.get_actor(entry["name"], namespace=namespace))
+                ray.kill(w, no_restart=True)
             except Exception:
                 pass
-    given: dict[str, int] = {}
-    refs: list[Any] = [w.given.remote() for w in workers]
-    if refs:
-        done, _ = ray.wait(refs, num_returns=len(refs), timeout=ask_s)
-        for ref in done:
-            try:
-                got = ray.get(ref)
-            except Exception:  # a dying worker: what it ran is redelivered uncounted
-                continue
-            for tid, attempt in got.items():
-                if attempt > given.get(tid, 0):
-                    given[tid] = attempt
-    for w in workers:
-        try:
-            ray.kill(w, no_restart=True)
-        except Exception:
-            pass
-    return given
+        self.given = given
+        return given
 
 
 def get_scheduler(settings: Settings) -> Any:

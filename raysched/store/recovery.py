@@ -276,7 +276,7 @@ def recover(
     restore_finished: bool = True,
     keep_snapshots: int = 2,
     filesystem: Any = None,
-    started: Mapping[str, int] | None = None,
+    started: Mapping[str, int] | Callable[[], Mapping[str, int]] | None = None,
 ) -> RecoveredState:
     """Rebuild the scheduler's state (see the module docstring). ``state_dir``: local folder or
     ``s3://``/``gs://`` URI for snapshots and results; ``journal_dir``: a local folder, by default
@@ -285,8 +285,9 @@ def recover(
     the core (faster with millions of results, but then resubmitting a finished task's id or
     idempotency key runs it again, and children of finished parents are refused). ``started``:
     task id -> attempt number, what the workers a previous instance left were given
-    (``WorkerCore.given``): a live task the journal has at fewer attempts is redelivered with
-    that attempt counted, as if its start had been journaled."""
+    (``WorkerCore.given``), or a callable returning them (called once the journal is loaded): a
+    live task the journal has at fewer attempts is redelivered with that attempt counted, as if
+    its start had been journaled."""
     # Recovery allocates hundreds of thousands of long-lived objects at once: the cyclic garbage
     # collector would rescan them over and over (more than half the time at 100k tasks).
     paused = gc.isenabled()
@@ -326,7 +327,7 @@ def _recover(
     restore_finished: bool,
     keep_snapshots: int,
     filesystem: Any,
-    started: Mapping[str, int] | None,
+    started: Mapping[str, int] | Callable[[], Mapping[str, int]] | None,
 ) -> RecoveredState:
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
@@ -467,7 +468,8 @@ def _recover(
 
     # 3b. starts the journal had not got yet but a surviving worker had (held back or not
     # flushed yet): as if journaled, so the attempt counts and the task is redelivered
-    for tid, attempt in (started or {}).items():
+    given = started() if callable(started) else started
+    for tid, attempt in (given or {}).items():
         t = tasks.get(tid)
         if t is None or attempt <= t.attempts:
             continue

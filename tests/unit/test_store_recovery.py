@@ -1015,7 +1015,7 @@ def test_starts_only_a_surviving_worker_knew_are_counted(tmp_path: Path) -> None
     assert "gone" not in tasks
     crash(st2)
 
-    st3 = recover(str(tmp_path), settings=pol, now=11.0, started=given)
+    st3 = recover(str(tmp_path), settings=pol, now=11.0, started=lambda: given)
     assert st3.report.started_by_workers == 0 and st3.report.requeued == 0
     assert (st3.core.tasks["x"].attempts, st3.core.tasks["x"].redeliveries) == (1, 1)
     assert (st3.core.tasks["r"].attempts, st3.core.tasks["r"].redeliveries) == (2, 1)

@@ -486,6 +486,8 @@ def _recover(
             rep.started_by_workers,
         )
 
+    lap("workers")  # with ``started`` a callable: the wait for the workers' answers
+
     # 4. a fresh core, then the changes recovery made go to the journal and results
     core = SchedulerCore(settings, pools=pools, audit=audit, on_refused=on_refused)
     recorder = Recorder(core, journal)

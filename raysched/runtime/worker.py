@@ -207,9 +207,10 @@ class WorkerCore:
             given.popleft()
 
     def given(self) -> dict[str, int]:
-        """The attempt numbers of the tasks assigned here in the last ``remember_s`` (the
-        latest per task). A restarted scheduler asks before it stops this worker: a start its
-        journal had not got yet then still counts as an attempt."""
+        """The attempt numbers of the tasks assigned here in at least the last ``remember_s``
+        (the latest per task; older ones are dropped as assignments arrive). A restarted
+        scheduler asks before it stops this worker: a start its journal had not got yet then
+        still counts as an attempt."""
         out: dict[str, int] = {}
         for _, ids, attempts in self._given:
             out.update(zip(ids, attempts, strict=True))

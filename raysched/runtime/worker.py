@@ -181,11 +181,11 @@ class WorkerCore:
         ids: list[str] = []
         attempts: list[int] = []
         for item in items:
-            tid, kind, payload, steps_done = item[:4]
+            tid, payload = item[0], item[2]
             if len(item) > 4:
                 ids.append(tid)
                 attempts.append(item[4])
-            a = Assignment(tid, kind, payload, steps_done)
+            a = Assignment(tid, item[1], payload, item[3])
             if self._fetch is not None and is_blob(payload):
                 self._fetching[tid] = a
                 t = asyncio.ensure_future(self._fetch_payload(a, self._fetch))

@@ -105,11 +105,14 @@ class Recorder:
         next drain."""
         changes = self._changes
         held = self._held
-        if new_only:
-            dirty = {t: m for t, m in changes.items() if m & CREATED}
+        if new_only:  # one pass: the new tasks go now, the rest stays for the next drain
+            dirty: dict[Task, int] = {}
+            rest: dict[Task, int] = {}
+            for t, m in changes.items():
+                (dirty if m & CREATED else rest)[t] = m
             if not (dirty or self._redo):
                 return [], ()
-            self._changes = {t: m for t, m in changes.items() if not m & CREATED}
+            self._changes = rest
         elif not (changes or self._touched or held or self._redo):
             return [], ()
         else:

@@ -25,6 +25,7 @@ from raysched.runtime.worker import WorkerCore
 from raysched.settings import PoolSettings, Settings
 from raysched.store.blobs import RESULT, BlobStore
 from raysched.store.journal import JournalLocked
+from raysched.store.records import split_done
 from raysched.store.recovery import RecoveredState, recover
 from raysched.store.results import ConvertJob, ConvertReport, convert_segments
 
@@ -43,6 +44,7 @@ class _WorkerActor:
         ns: str,
         blobs: dict[str, Any] | None = None,
         remember_s: float = 10.0,
+        encode_done: bool = False,
     ):
         p = PoolSettings.model_validate(pool)
         self._sched_name, self._ns = sched, ns
@@ -51,6 +53,8 @@ class _WorkerActor:
         # large results go to blob files (the scheduler serves them through the object store)
         self._blobs = BlobStore(blobs["root"], blobs["max_inline"]) if blobs else None
         self._blob_failed = False
+        # the scheduler journals: successes go encoded, and it journals these bytes
+        self._encode_done = encode_done
         self.core = WorkerCore(
             worker_id,
             default_registry(aliases),
@@ -71,6 +75,11 @@ class _WorkerActor:
             sched = self._scheduler()
             if self._blobs is not None:
                 await self._offload(events)
+            if self._encode_done:
+                rest, done = split_done(events)
+                if done is not None:
+                    await sched.report.remote(wid, rest, done)
+                    return
             await sched.report.remote(wid, events)
         except Exception:
             self._sched = None  # re-resolve by name next time (the scheduler may have restarted)
@@ -194,6 +203,7 @@ class RaySpawner:
         self._remember_s = st.hold_starts_s + st.flush_interval_s + 5.0
 
     def spawn(self, pool: PoolSettings, worker_id: str) -> Any:
+        st = self.settings.store
         opts: dict[str, Any] = {
             "name": worker_id,
             "namespace": self.settings.namespace,
@@ -216,6 +226,7 @@ class RaySpawner:
                 self.settings.namespace,
                 self._blobs,
                 self._remember_s,
+                st.enabled,
             )
         )
 
@@ -353,9 +364,11 @@ class _SchedulerActor:
         self.svc.boot()
         return self.svc.progress()
 
-    async def report(self, wid: str, events: list[dict[str, Any]]) -> int:
+    async def report(
+        self, wid: str, events: list[dict[str, Any]], done: bytes | None = None
+    ) -> int:
         self.svc.boot()
-        return await self.svc.report(wid, events)
+        return await self.svc.report(wid, events, done)
 
     async def shutdown(self) -> int:
         return await self.svc.shutdown()

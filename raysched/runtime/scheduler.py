@@ -135,7 +135,9 @@ class SchedulerService:
         # store housekeeping: next checkpoint / results conversion, journal size at the last
         # checkpoint
         self._next_checkpoint = self.started_at + settings.store.checkpoint_interval_s
-        self._next_results = self.started_at + settings.store.results_flush_s
+        # set when an outcome is journaled after the last seal: a burst after a quiet spell ends
+        # in the segment its tasks were submitted in (short outcome rows, see Recorder)
+        self._next_results: float | None = None
         self._converting = False
         self._sealed_ended = 0  # final outcomes journaled when it was last sealed for results
         self._checkpoint_bytes = 0
@@ -323,12 +325,14 @@ class SchedulerService:
             # measured at the start: what is written while the snapshot is taken needs the next
             self._checkpoint_bytes = store.journal.stats.bytes
             self._bg_task(self._checkpoint())
-        elif (
-            now >= self._next_results
-            and not self._converting
-            and self.recorder.ended > self._sealed_ended
-        ):
-            self._next_results = now + cfg.results_flush_s
+        elif self.recorder.ended > self._sealed_ended:
+            # outcomes reach the results files about results_flush_s after the first one
+            # journaled since the last seal
+            if self._next_results is None:
+                self._next_results = now + cfg.results_flush_s
+            if now < self._next_results or self._converting:
+                return
+            self._next_results = None
             self._sealed_ended = self.recorder.ended
             self._converting = True
             self._bg_task(self._convert_results(store.seal()))
@@ -619,7 +623,11 @@ class SchedulerService:
             self.core.unreserve(r[0], now)
 
     # -- reports from workers -------------------------------------------------------------------
-    async def report(self, wid: str, events: list[dict[str, Any]]) -> int:
+    async def report(
+        self, wid: str, events: list[dict[str, Any]], done: bytes | None = None
+    ) -> int:
+        """A worker's events, in order; ``done``: its successful outcomes encoded for the
+        journal (``records.split_done``), after the other events."""
         w = self.workers.get(wid)
         now = self.clock()
         if w is None:
@@ -629,11 +637,42 @@ class SchedulerService:
                 self._on_event(w, ev, now)
             except RayschedError as exc:  # pragma: no cover - refused transitions are logged
                 log.warning("event %s from %s: %s", ev.get("t"), wid, exc)
+        n = len(events)
+        if done is not None:
+            n += self._on_done(w, done, now)
         self._dispatch(now)
         self._flush_soon()
-        return len(events)
+        return n
 
-    def _on_event(self, w: _Worker, ev: dict[str, Any], now: float) -> None:
+    def _on_done(self, w: _Worker, data: bytes, now: float) -> int:
+        """Encoded ``done`` events: taken as any event; those ending a first attempt with no
+        steps are journaled as the worker encoded them (``Recorder.outcomes``)."""
+        try:
+            evs = loads(data)
+        except ValueError:  # pragma: no cover - a worker of another version
+            log.warning("undecodable outcomes from %s: dropped (the tasks run again)", w.id)
+            return 0
+        accepted: list[tuple[int, Task]] = []
+        for i, ev in enumerate(evs):
+            try:
+                t = self._on_event(w, ev, now)
+            except RayschedError as exc:  # pragma: no cover - refused transitions are logged
+                log.warning("event %s from %s: %s", ev.get("t"), w.id, exc)
+                continue
+            if (
+                t is not None
+                and t.attempts == 1
+                and not t.steps
+                and t.boosted_from is None
+                and t.service_s == float(ev.get("service", 0.0))
+            ):
+                accepted.append((i, t))
+        if accepted and self.recorder is not None:
+            self.recorder.outcomes(w.id, now, data, accepted)
+        return len(evs)
+
+    def _on_event(self, w: _Worker, ev: dict[str, Any], now: float) -> Task | None:
+        """Apply one event; returns the task when it is a success taken as its outcome."""
         tid = ev["id"]
         kind = ev["t"]
         t = self.core.tasks.get(tid)
@@ -644,10 +683,10 @@ class SchedulerService:
             # the worker's own start time: started_at is when the handler began, not dispatch
             t.first_start = max(t.arrival, float(ev["ts0"]))
         if kind == "started":
-            return
+            return None
         if kind == "step":
             if not current or t is None:
-                return
+                return None
             self._append_outputs(t, ev["out"])
             d = self.core.progress(
                 t,
@@ -661,11 +700,11 @@ class SchedulerService:
                 self.recorder.touch(t)  # steps and service: a resume restarts from here
             if d is Decision.YIELD and tid not in self._stopping:
                 self._stop_on(w.id, tid, "pause", now)
-            return
+            return None
         if kind == "evicted":
             if t is not None and t.home == w.id:
                 self._set_home(t, None)
-            return
+            return None
         # the task left its slot
         w.running.discard(tid)
         if not w.running:
@@ -680,7 +719,7 @@ class SchedulerService:
                 self._fire(w, self.spawner.stop(w.handle, tid, "cancel"))
             if was_zombie or t is None or t.state is not S.RUNNING:
                 self._release_reservation(tid, now)
-            return
+            return None
         if kind == "paused":
             self.core.preempt(t, now, "preempted" if stop_kind == "pause" else "paused")
             self._set_home(t, w.id)
@@ -691,14 +730,16 @@ class SchedulerService:
                     self.core.start(incoming, now, w.id)
                     self._send(w, [incoming], now)
             self._notify(t)
-            return
+            return None
         self._release_reservation(tid, now)
         self.core.account(t, float(ev.get("service", 0.0)), 0)
+        taken = None
         if kind == "done":
             result = ev.get("result")
             if is_blob(result):
                 self._blobs_used = True
             changed = self.core.finish(t, now, ok=True, result=result)
+            taken = t
         elif kind == "fail":
             changed = self.core.finish(
                 t, now, ok=False, error_type=ev.get("etype"), error=ev.get("msg")
@@ -707,6 +748,7 @@ class SchedulerService:
             changed = self.core.lost(t, now, "stopped by its worker")
         self._notify(t)
         self._notify_all(changed)
+        return taken
 
     def _append_outputs(self, t: Task, outs: list[tuple[int, Any]]) -> None:
         if not outs:

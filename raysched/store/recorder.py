@@ -16,7 +16,12 @@ the journal has everything changed so far (await it before acknowledging a submi
 and before answering an outcome; ``commit(new_only=True)`` waits for the new tasks only, enough to
 acknowledge a submission); ``flush`` drains without waiting (after dispatch, worker reports and
 ticks). The tasks of a frame whose write failed go again, whole, in the next drain, and a
-``commit`` returns only once they are written."""
+``commit`` returns only once they are written.
+
+A successful outcome that a worker encoded (``records.split_done``) is journaled as the worker's
+bytes: ``outcomes`` takes the task out of the pending changes and queues a ``done`` record
+(``records``) in its place, written with the next drain after that drain's rows, so the scheduler
+neither builds nor encodes a row for it."""
 
 from __future__ import annotations
 
@@ -27,12 +32,14 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from raysched.models import TaskState
 from raysched.pause import paused_gc
 from raysched.policy.lifecycle import CHANGED, CREATED, STARTED
 from raysched.policy.task import Task
 from raysched.store.journal import Journal, settle_future
-from raysched.store.records import rows_record
+from raysched.store.records import fair_counters, rows_record
 
 if TYPE_CHECKING:
     from raysched.policy.core import SchedulerCore
@@ -80,6 +87,8 @@ class Recorder:
         # The tasks of frames whose write failed (appended by the writer thread): the next drain
         # writes them again, whole.
         self._redo: deque[list[Task]] = deque()
+        # ``done`` records to write (segment, record, its tasks), see ``outcomes``
+        self._done: list[tuple[int, dict[str, Any], list[Task]]] = []
         core.lifecycle.changes = self._changes
 
     def touch(self, t: Task) -> None:
@@ -89,7 +98,58 @@ class Recorder:
     @property
     def pending(self) -> int:
         """Tasks with changes not yet drained (held-back starts included)."""
-        return len(self._changes) + len(self._touched) + len(self._held) + len(self._redo)
+        return (
+            len(self._changes)
+            + len(self._touched)
+            + len(self._held)
+            + len(self._redo)
+            + sum(len(d[2]) for d in self._done)
+        )
+
+    def outcomes(
+        self, worker: str, at: float, data: bytes, accepted: list[tuple[int, Task]]
+    ) -> None:
+        """Successful outcomes of ``worker`` reported at ``at`` (``now``), as the worker encoded
+        them (``data``, a JSON list of ``done`` events, see ``records.split_done``):
+        ``accepted`` names the events the scheduler took, with their tasks, each ended at
+        attempt 1 with no steps and the event's service. Those whose first row is in the
+        current segment and that changed in nothing else since the last drain are journaled as
+        ``data`` (a ``done`` record, written with the next drain); the others get rows as
+        usual."""
+        if self.journal.segment != self._segment:  # a new segment: its first rows are unknown
+            return
+        changes = self._changes
+        held = self._held
+        touched = self._touched
+        here = self._in_segment
+        use: list[int] = []
+        levels: list[int] = []
+        firsts: list[float | None] = []
+        tasks: list[Task] = []
+        for i, t in accepted:
+            mark = changes.get(t)
+            if mark is None or mark & CREATED or t not in here or t in touched:
+                continue
+            del changes[t]
+            if held:
+                held.pop(t, None)  # its start: the outcome says it
+            here.discard(t)
+            use.append(i)
+            levels.append(t.level)
+            firsts.append(t.first_start)
+            tasks.append(t)
+        if tasks:
+            rec = {
+                "k": "done",
+                "w": worker,
+                "at": at,
+                "ev": orjson.Fragment(data),
+                "use": use,
+                "lv": levels,
+                "fs": firsts,
+            }
+            self._done.append((self._segment, rec, tasks))
+            self.ended += len(tasks)
 
     def drain(self, everything: bool = False) -> list[dict[str, Any]]:
         """The changes since the last drain as one ``rows`` record (``records.rows_record``;
@@ -113,7 +173,7 @@ class Recorder:
             if not (dirty or self._redo):
                 return [], ()
             self._changes = rest
-        elif not (changes or self._touched or held or self._redo):
+        elif not (changes or self._touched or held or self._redo or self._done):
             return [], ()
         else:
             dirty, self._changes = changes, {}
@@ -187,7 +247,20 @@ class Recorder:
                 for t in touched.intersection(held):
                     held[t] = CHANGED
                 touched.difference_update(held)
-        if not (new or fresh or changed or touched or ended or starts):
+        done: list[dict[str, Any]] = []
+        done_tasks: list[Task] = []
+        if self._done and not new_only:
+            segment = self.journal.segment
+            for seg, rec, tasks in self._done:
+                if seg == segment:
+                    rec["fc"] = fair_counters(core.fair.counters, (tasks,))
+                    done.append(rec)
+                    done_tasks.extend(tasks)
+                else:  # the segment of their first rows is sealed: whole rows, as any outcome
+                    ended.extend(tasks)
+                    self.ended -= len(tasks)
+            self._done = []
+        if not (new or fresh or changed or touched or ended or starts or done):
             return [], ()
         self.ended += len(ended)
         # the record goes to the journal's current segment (drains and rotations happen on one
@@ -210,20 +283,25 @@ class Recorder:
         here.update(new)
         here.update(fresh)
         touched_list = list(touched)
-        groups = (new, fresh, changed, touched_list, ended, ended_here, starts)
-        return [
-            rows_record(
-                new,
-                changed,
-                touched_list,
-                core.fair.counters,
-                retrying,
-                ended,
-                ended_here,
-                starts,
-                fresh,
-            )
-        ], groups
+        groups = (new, fresh, changed, touched_list, ended, ended_here, starts, done_tasks)
+        records = (
+            [
+                rows_record(
+                    new,
+                    changed,
+                    touched_list,
+                    core.fair.counters,
+                    retrying,
+                    ended,
+                    ended_here,
+                    starts,
+                    fresh,
+                )
+            ]
+            if new or fresh or changed or touched_list or ended or ended_here or starts
+            else []
+        )
+        return records + done, groups
 
     def _raised_parents(self, children: list[Task]) -> list[Task]:
         """Live ancestors of new tasks: accepting a child raises its parents' ``depth`` (a

@@ -42,6 +42,16 @@ tenants when there are few: counters are absolute values, so more of them do no 
 ``retrying`` the failed or
 timed-out tasks whose retry is still to come.
 
+A worker's successful outcomes arrive encoded (``split_done``: the worker encodes them once) and
+go to the journal as those bytes, in a ``done`` record, instead of as ``e`` rows::
+
+    {"k": "done", "w": worker, "at": finished_at, "ev": [done event, ...],
+     "use": [index, ...], "lv": [level, ...], "fs": [first_start, ...], "fc": {...}}
+
+Only the events at ``use`` count (the others were refused or journaled as rows), each with its
+task's level and first start; it stands for the ``e`` row ``done_rows`` makes of it (attempt 1,
+``service_s`` the event's, no steps), so the task's first row must be in the same segment.
+
 Journals written before the row format hold one dict per change with a kind ``k`` (``submit``,
 ``start``, ``progress``, ``requeue``, ``retry``, ``finish``, ``cancel``, ``state``), its
 fields by name, ``retrying: true`` and ``fc`` per record; ``task_from_record`` and
@@ -51,8 +61,10 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+import orjson
 
 from raysched.models import TaskState
 from raysched.policy.task import Task
@@ -73,8 +85,12 @@ __all__ = [
     "SLOT_STATE_FIELDS",
     "STATE_FIELDS",
     "apply_record",
+    "done_rows",
+    "fair_counters",
+    "replay_done",
     "replay_rows",
     "rows_record",
+    "split_done",
     "task_from_record",
 ]
 
@@ -296,18 +312,79 @@ def rows_record(
     if starts:
         rec["rf"] = ROW_START
         rec["r"] = list(map(_start_row, starts))
-    if len(counters) <= _ALL_COUNTERS:
-        fc = {n: v for n, v in counters.items() if v}
-    else:
-        tenants: set[str] = set()
-        for g in groups:
-            tenants.update(map(_get_tenant, g))
-        fc = {n: v for n in tenants if (v := counters.get(n))}
+    fc = fair_counters(counters, groups)
     if fc:
         rec["fc"] = fc
     if retrying:
         rec["retrying"] = retrying
     return rec
+
+
+def fair_counters(counters: dict[str, float], groups: Iterable[Sequence[Task]]) -> dict[str, float]:
+    """The fair-share counters a record carries: of every tenant when there are few, else of
+    the tenants of its tasks (``groups``)."""
+    if len(counters) <= _ALL_COUNTERS:
+        return {n: v for n, v in counters.items() if v}
+    tenants: set[str] = set()
+    for g in groups:
+        tenants.update(map(_get_tenant, g))
+    return {n: v for n in tenants if (v := counters.get(n))}
+
+
+def split_done(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bytes | None]:
+    """A worker's report for a scheduler that journals: its ``done`` events encoded once, here
+    (the scheduler decodes them and journals these very bytes, see ``done_rows``), and the
+    other events as they are. An event whose JSON does not read back equal (a tuple, a NaN, a
+    value JSON cannot hold) stays with the others, so the scheduler sees every result as the
+    handler returned it."""
+    parts: list[bytes] = []
+    rest: list[dict[str, Any]] = []
+    for ev in events:
+        if ev.get("t") == "done":
+            try:
+                data = orjson.dumps(ev)
+            except TypeError:  # orjson.JSONEncodeError: a value orjson cannot encode
+                data = b""
+            if data and orjson.loads(data) == ev:
+                parts.append(data)
+                continue
+        rest.append(ev)
+    if not parts:
+        return events, None
+    return rest, b"[" + b",".join(parts) + b"]"
+
+
+_SUCCEEDED = TaskState.SUCCEEDED.value
+
+
+def done_rows(rec: dict[str, Any]) -> list[list[Any]]:
+    """The ``e`` rows (``ROW_END``, all ``succeeded``) a ``done`` record stands for."""
+    evs = rec["ev"]
+    worker = rec["w"]
+    at = rec["at"]
+    rows: list[list[Any]] = []
+    for i, level, first_start in zip(rec["use"], rec["lv"], rec["fs"], strict=True):
+        ev = evs[i]
+        d: dict[str, Any] = {"first_start": first_start, "worker": worker, "finished_at": at}
+        result = ev.get("result")
+        if result is not None:
+            d["result"] = result
+        rows.append([ev["id"], level, 1, float(ev.get("service", 0.0)), 0, d])
+    return rows
+
+
+def replay_done(
+    rec: dict[str, Any],
+    tasks: dict[str, Task],
+    retrying: set[str],
+    fair: dict[str, float],
+) -> tuple[int, int]:
+    """Apply a ``done`` record (``replay_rows`` of its ``e`` rows)."""
+    rows = done_rows(rec)
+    as_rows = {"k": "rows", "ef": ROW_END, "e": rows, "es": [_SUCCEEDED] * len(rows)}
+    if "fc" in rec:
+        as_rows["fc"] = rec["fc"]
+    return replay_rows(as_rows, tasks, retrying, fair)
 
 
 def _setter(

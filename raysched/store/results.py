@@ -24,7 +24,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from raysched.pause import paused_gc
 from raysched.policy.task import Task
 from raysched.store.journal import Journal, dumps, loads
 from raysched.store.location import TMP_PREFIX, StateDir
+from raysched.store.records import ROW_END, done_rows
 
 __all__ = [
     "RESULT_SCHEMA",
@@ -182,7 +183,7 @@ def convert_segments(job: ConvertJob) -> ConvertReport:
             firsts: dict[str, tuple[list[str], list[Any]]] = {}  # id -> first row, this segment
             for batch in journal.replay_batches(seg, seg + 1):
                 for rec in batch:
-                    if not isinstance(rec, dict) or rec.get("k") != "rows":
+                    if not isinstance(rec, dict) or rec.get("k") not in ("rows", "done"):
                         continue
                     try:
                         parts.extend(_outcome_tables(rec, firsts, job.now))
@@ -208,6 +209,7 @@ def convert_segments(job: ConvertJob) -> ConvertReport:
 _DICT_COLUMNS = tuple((n, getattr(Task, n)) for n in _TASK_COLUMNS if n not in Task.__slots__)
 _SLOT_COLUMNS = tuple(n for n in _TASK_COLUMNS if n in Task.__slots__)
 _FINAL_STATES = frozenset(s.value for s in TaskState if s.terminal)
+_SUCCEEDED = TaskState.SUCCEEDED.value
 
 
 def _outcome_tables(
@@ -224,29 +226,49 @@ def _outcome_tables(
                 if len(row) == len(names):
                     firsts[row[at]] = (names, row)
     out = []
+    if rec["k"] == "done":  # e rows whose dict lacks the spec's rare fields: the first row's
+        rows = done_rows(rec)
+        return _state_outcomes(ROW_END, rows, [_SUCCEEDED] * len(rows), firsts, now, True)
     if "f" in rec:
         rows, states = _readable(rec["ff"], rec["f"], rec["fs"])
         if rows:
             out.append(_columns(rec["ff"], rows, states, None, now))
     if "e" in rec:
-        names = rec["ef"]
-        rows, states = _readable(names, rec["e"], rec["es"])
-        at = names.index("id")
-        groups: dict[int, tuple[list[str], list[Any], list[Any], list[str]]] = {}
-        for row, st in zip(rows, states, strict=True):
-            first = firsts.pop(row[at], None)
-            if first is None:
-                log.error("results: outcome of %r without its first row: skipped", row[at])
-                continue
-            g = groups.get(id(first[0]))  # by the first rows' field list (s or q)
-            if g is None:
-                g = groups[id(first[0])] = (first[0], [], [], [])
-            g[1].append(first[1])
-            g[2].append(row)
-            g[3].append(st)
-        for snames, srows, erows, est in groups.values():
-            out.append(_columns(names, erows, est, (snames, srows), now))
+        rows, states = _readable(rec["ef"], rec["e"], rec["es"])
+        out.extend(_state_outcomes(rec["ef"], rows, states, firsts, now, False))
     return out
+
+
+def _state_outcomes(
+    names: Sequence[str],
+    rows: list[Any],
+    states: list[str],
+    firsts: dict[str, tuple[list[str], list[Any]]],
+    now: float,
+    spec_dict: bool,
+) -> list[pa.Table]:
+    """Results tables of state-row outcomes (``e``), joined with their tasks' first rows;
+    ``spec_dict``: the rows' dicts lack the spec fields kept in a task's dict (a ``done``
+    record's), which the first row's dict has."""
+    at = names.index("id")
+    groups: dict[int, tuple[list[str], list[Any], list[Any], list[str]]] = {}
+    for row, st in zip(rows, states, strict=True):
+        first = firsts.pop(row[at], None)
+        if first is None:
+            log.error("results: outcome of %r without its first row: skipped", row[at])
+            continue
+        g = groups.get(id(first[0]))  # by the first rows' field list (s or q)
+        if g is None:
+            g = groups[id(first[0])] = (first[0], [], [], [])
+        if spec_dict:
+            row = [*row[:-1], {**first[1][first[0].index("__dict__")], **row[-1]}]
+        g[1].append(first[1])
+        g[2].append(row)
+        g[3].append(st)
+    return [
+        _columns(list(names), erows, est, (snames, srows), now)
+        for snames, srows, erows, est in groups.values()
+    ]
 
 
 def _readable(names: list[str], rows: list[Any], states: list[str]) -> tuple[list[Any], list[str]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,6 +22,7 @@ from raysched.store.records import (
     apply_record,
     replay_rows,
     rows_record,
+    split_done,
     task_from_record,
 )
 
@@ -293,3 +295,23 @@ def test_a_fresh_row_brings_back_a_task_that_has_not_started(
     tasks: dict[str, Task] = {}
     assert replay_rows(rec, tasks, set(), {}) == (1, 0)
     _same(tasks["t1"], t, ("id", *_FIELDS, *_STATE))
+
+
+def test_a_worker_encodes_only_outcomes_whose_json_reads_back_equal() -> None:
+    """``split_done``: ``done`` events go encoded, in order, unless their JSON would change the
+    value (a tuple, a NaN, a key that is not a string, bytes): those, and every other event, stay
+    as they are, so the scheduler holds each result as the handler returned it."""
+    plain = {"t": "done", "id": "a", "result": {"x": [1, 2.5, None, "é"]}, "service": 0.1}
+    odd = [
+        {"t": "done", "id": "b", "result": (1, 2)},
+        {"t": "done", "id": "c", "result": float("nan")},
+        {"t": "done", "id": "d", "result": {1: "one"}},
+        {"t": "done", "id": "e", "result": b"raw"},
+    ]
+    other = [{"t": "fail", "id": "f", "etype": "ValueError"}, {"t": "started", "id": "g"}]
+    last = {"t": "done", "id": "h", "result": None}
+    rest, data = split_done([plain, *odd, other[0], other[1], last])
+    assert data is not None and orjson.loads(data) == [plain, last]
+    assert [e["id"] for e in rest] == ["b", "c", "d", "e", "f", "g"]
+    assert rest[0]["result"] == (1, 2)
+    assert split_done(other) == (other, None)

@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from raysched.models import DEFAULT_TIERS, TaskState
@@ -78,6 +79,19 @@ class Workload:
             batch.append(t)
         core.submit_many(batch, self.now)
 
+    def encoded_success(self, t: Task) -> None:
+        """A success as a journaling scheduler takes it from a worker (``report`` with encoded
+        ``done`` events): a first attempt with no steps is journaled as the worker's bytes."""
+        svc = self.rnd.choice([0.0, 0.003])
+        ev = {"t": "done", "id": t.id, "result": {"out": self.rnd.randint(0, 9)}, "ts0": self.now}
+        ev["service"] = svc
+        self.core.account(t, svc, 0)
+        self.core.finish(t, self.now, ok=True, result=ev["result"])
+        w = t.worker
+        if w and t.attempts == 1 and not t.steps and t.boosted_from is None and t.service_s == svc:
+            data = orjson.dumps([{"t": "started", "id": "x"}, ev])
+            self.st.recorder.outcomes(w, self.now, data, [(1, t)])
+
     def step(self) -> None:
         rnd, core, now = self.rnd, self.core, self.now
         op = rnd.random()
@@ -90,6 +104,8 @@ class Workload:
             t = rnd.choice(run)
             core.progress(t, rnd.choice([0.01, 0.04, 0.2]), rnd.randint(1, 6), now)
             self.st.recorder.touch(t)
+        elif op < 0.67 and run:
+            self.encoded_success(rnd.choice(run))
         elif op < 0.72 and run:
             core.finish(rnd.choice(run), now, ok=True, result={"out": rnd.randint(0, 9)})
         elif op < 0.8 and run:
@@ -656,9 +672,11 @@ def test_results_files_made_from_the_journal_hold_every_outcome_once(
     cols = [n for n in got.column_names if n != "recorded_at"]
     key = [("id", "ascending")]
     assert got.select(cols).sort_by(key).equals(want.select(cols).sort_by(key))
-    # both outcome rows occurred: whole (first row in an earlier segment) and state rows
-    kinds = [k for b in st.journal.replay_batches() for r in b for k in ("e", "f") if k in r]
-    assert "e" in kinds and "f" in kinds
+    # every kind of outcome occurred: whole (first row in an earlier segment), state rows and
+    # outcomes a worker encoded (``done`` records)
+    recs = [r for b in st.journal.replay_batches() for r in b]
+    kinds = {k for r in recs for k in ("e", "f") if k in r} | {r["k"] for r in recs}
+    assert {"e", "f", "done"} <= kinds
     st.close()
 
 
@@ -1059,3 +1077,123 @@ def test_a_submission_commit_writes_only_the_new_tasks(tmp_path: Path) -> None:
     assert (t["b"].attempts, t["b"].redeliveries, t["c"].attempts) == (1, 1, 1)
     assert t["d"].state is S.QUEUED and st2.report.requeued == 2
     st2.close()
+
+
+def test_a_success_the_worker_encoded_is_journaled_as_its_bytes(tmp_path: Path) -> None:
+    """``Recorder.outcomes``: a success the worker encoded goes to the journal as the worker's
+    bytes (a ``done`` record), not as a row built here; an outcome not taken that way, and one
+    whose first row went to a segment sealed since, get rows as usual. Recovery and the results
+    files read all three as the scheduler holds them."""
+    from raysched.store.results import ResultsStore
+
+    st = open_state(tmp_path, "priority")
+    core, rec = st.core, st.recorder
+    core.submit_many([mk("a", idempotency_key="ka"), mk("b"), mk("c")], 1.0)
+    rec.commit_sync()
+    got = {t.id: t for t in core.dispatch(POOL, 3, 2.0, "w1")}
+    evs = [{"t": "done", "id": t, "result": {"v": t}, "ts0": 2.1, "service": 0.5} for t in "abc"]
+    data = orjson.dumps(evs)
+
+    def finish(tid: str) -> None:
+        core.account(got[tid], 0.5, 0)
+        core.finish(got[tid], 2.5, ok=True, result={"v": tid})
+
+    finish("a")
+    finish("b")
+    rec.outcomes("w1", 2.5, data, [(0, got["a"])])  # b: not taken this way (say, it had steps)
+    rec.commit_sync()
+    frame = list(st.journal.replay_batches(st.journal.segment))[-1]
+    (done,) = [r for r in frame if r["k"] == "done"]
+    assert done["use"] == [0] and done["ev"] == evs and done["w"] == "w1"
+    rows = [r for r in frame if r["k"] == "rows"]
+    assert [row[0] for r in rows for row in r.get("e", [])] == ["b"]
+    assert not any(row[0] == "a" for r in rows for k in "sqtfepr" for row in r.get(k, []))
+
+    finish("c")
+    rec.outcomes("w1", 2.5, data, [(2, got["c"])])
+    st.seal()  # c's first row is now in a sealed segment: its outcome goes whole
+    rec.commit_sync()
+    frame = list(st.journal.replay_batches(st.journal.segment))[-1]
+    assert [r["k"] for r in frame] == ["rows"] and [row[0] for row in frame[0]["f"]] == ["c"]
+
+    st.convert_results(st.seal())
+    table = st.results.load_table()
+    want = ResultsStore._to_table([(got[t], got[t].finished_at) for t in "abc"])
+    cols = [n for n in table.column_names if n != "recorded_at"]
+    key = [("id", "ascending")]
+    assert table.select(cols).sort_by(key).equals(want.select(cols).sort_by(key))
+    assert table.sort_by(key).column("idempotency_key").to_pylist() == ["ka", None, None]
+    crash(st)
+
+    st2 = open_state(tmp_path, "priority", 3.0)
+    for tid in "abc":
+        a, b = got[tid], st2.core.tasks[tid]
+        for name in FIELDS_FINAL:
+            assert getattr(a, name) == getattr(b, name), (tid, name)
+    st2.close()
+
+
+def test_a_burst_after_a_quiet_spell_is_journaled_as_its_workers_encoded_it(
+    tmp_path: Path,
+) -> None:
+    """The scheduler (in one process, workers reporting as the worker actor does with a
+    journal): the successes of a burst go to the journal as the bytes their worker encoded, and
+    the segment is sealed for the results files about ``results_flush_s`` after the first
+    outcome, not at once after a quiet spell, so the burst's outcomes are in its submissions'
+    segment. The results files, and a restart, have every outcome."""
+    import copy
+
+    from raysched.handlers import default_registry
+    from raysched.runtime.scheduler import SchedulerService
+    from raysched.settings import PoolSettings, Settings
+    from raysched.store.journal import Journal
+    from raysched.store.records import split_done
+    from tests.unit.http_fakes import InProcessSpawner, _Worker
+
+    settings = Settings(
+        state_dir=str(tmp_path),
+        pools=[PoolSettings(min_workers=1, max_workers=1, slots=4)],
+        store={"results_flush_s": 0.3},
+    )
+    root = settings.store_root()
+
+    class Spawner(InProcessSpawner):
+        def spawn(self, pool: PoolSettings, worker_id: str) -> _Worker:
+            async def report(wid: str, events: list[dict[str, Any]]) -> None:
+                assert self.svc is not None
+                rest, done = split_done(copy.deepcopy(events))
+                await self.svc.report(wid, rest, done)
+
+            return _Worker(worker_id, default_registry(), report, slots=4)
+
+    specs = [{"kind": "echo", "payload": {"i": i}} for i in range(30)]
+
+    async def main() -> tuple[list[str], int]:
+        state = recover(root, pools=["default"], settings=settings.policy)
+        spawner = Spawner(settings)
+        svc = SchedulerService(settings, spawner, store=state)
+        spawner.svc = svc
+        await svc.start()
+        await asyncio.sleep(0.5)  # quiet, longer than results_flush_s
+        seg = state.journal.segment
+        ids = (await svc.submit(specs))["ids"]
+        got = [(await svc.result(t, 10))["result"] for t in ids]
+        assert got == [s["payload"] for s in specs]
+        assert state.journal.segment == seg  # no seal at the first outcome
+        for _ in range(100):  # then one, and a results file
+            await asyncio.sleep(0.05)
+            if state.results.load_table().num_rows == len(ids):
+                break
+        assert state.journal.segment > seg
+        await svc.shutdown()
+        return ids, seg
+
+    ids, seg = asyncio.run(main())
+    recs = [r for b in Journal(Path(root) / "journal").replay_batches(seg, seg + 1) for r in b]
+    done = [r["ev"][i]["id"] for r in recs if r["k"] == "done" for i in r["use"]]
+    assert sorted(done) == sorted(ids)  # every outcome as its worker encoded it, no row
+    assert not [row for r in recs for k in "ef" for row in r.get(k, [])]
+    st = recover(root, pools=["default"], settings=settings.policy)
+    assert [st.core.tasks[t].result for t in ids] == [s["payload"] for s in specs]
+    assert all(st.core.is_final(st.core.tasks[t]) for t in ids)
+    st.close()

@@ -334,8 +334,15 @@ class SchedulerService:
                 return
             self._next_results = None
             self._sealed_ended = self.recorder.ended
+            try:
+                upto = store.seal()  # drains the recorder first
+            except Exception as exc:  # the journal failed: acknowledgements now fail too
+                if self._store_error is None:
+                    log.error("journal write failed: %s", exc)
+                self._store_error = str(exc)
+                return
             self._converting = True
-            self._bg_task(self._convert_results(store.seal()))
+            self._bg_task(self._convert_results(upto))
 
     def _flush_soon(self) -> None:
         """Journal the changes that need no acknowledgement (starts, progress, outcomes) within

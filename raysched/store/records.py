@@ -60,6 +60,7 @@ fields by name, ``retrying: true`` and ``fc`` per record; ``task_from_record`` a
 from __future__ import annotations
 
 import logging
+import math
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -335,23 +336,38 @@ def split_done(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], byte
     """A worker's report for a scheduler that journals: its ``done`` events encoded once, here
     (the scheduler decodes them and journals these very bytes, see ``done_rows``), and the
     other events as they are. An event whose JSON does not read back equal (a tuple, a NaN, a
-    value JSON cannot hold) stays with the others, so the scheduler sees every result as the
-    handler returned it."""
+    value JSON cannot hold, an enum, a subclass of dict) stays with the others, so the scheduler
+    sees every result as the handler returned it."""
     parts: list[bytes] = []
     rest: list[dict[str, Any]] = []
     for ev in events:
-        if ev.get("t") == "done":
+        if ev.get("t") == "done" and _plain(ev):
             try:
-                data = orjson.dumps(ev)
-            except TypeError:  # orjson.JSONEncodeError: a value orjson cannot encode
-                data = b""
-            if data and orjson.loads(data) == ev:
-                parts.append(data)
+                parts.append(orjson.dumps(ev))
                 continue
+            except TypeError:  # orjson.JSONEncodeError: an int over 64 bits, deep nesting
+                pass
         rest.append(ev)
     if not parts:
         return events, None
     return rest, b"[" + b",".join(parts) + b"]"
+
+
+def _plain(v: Any, depth: int = 0) -> bool:
+    """Whether ``v`` reads back from JSON as itself, type for type: dicts with str keys,
+    lists, str, int, finite floats, bool and None, and nothing else (not even a subclass)."""
+    t = type(v)
+    if t is str or t is int or t is bool or v is None:
+        return True
+    if t is float:
+        return math.isfinite(v)
+    if depth > 100:
+        return False
+    if t is dict:
+        return all(type(k) is str and _plain(x, depth + 1) for k, x in v.items())
+    if t is list:
+        return all(_plain(x, depth + 1) for x in v)
+    return False
 
 
 _SUCCEEDED = TaskState.SUCCEEDED.value

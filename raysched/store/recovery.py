@@ -105,7 +105,10 @@ class RecoveredState:
     # -- results --------------------------------------------------------------------------------
     def seal(self) -> int:
         """Start a new journal segment (on the thread that owns the core); the outcomes in the
-        ones before it can then go to the results files (``convert_results``)."""
+        ones before it can then go to the results files (``convert_results``). What the
+        recorder holds goes first: every outcome counted in ``Recorder.ended`` is then in a
+        sealed segment."""
+        self.recorder.flush()
         return self.journal.rotate()
 
     def convert_results(self, upto: int) -> ConvertReport | None:

@@ -5,6 +5,8 @@ journals written before rows still load."""
 
 from __future__ import annotations
 
+import enum
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -297,6 +299,10 @@ def test_a_fresh_row_brings_back_a_task_that_has_not_started(
     _same(tasks["t1"], t, ("id", *_FIELDS, *_STATE))
 
 
+class _Level(enum.IntEnum):
+    ONE = 1
+
+
 def test_a_worker_encodes_only_outcomes_whose_json_reads_back_equal() -> None:
     """``split_done``: ``done`` events go encoded, in order, unless their JSON would change the
     value (a tuple, a NaN, a key that is not a string, bytes): those, and every other event, stay
@@ -307,11 +313,14 @@ def test_a_worker_encodes_only_outcomes_whose_json_reads_back_equal() -> None:
         {"t": "done", "id": "c", "result": float("nan")},
         {"t": "done", "id": "d", "result": {1: "one"}},
         {"t": "done", "id": "e", "result": b"raw"},
+        {"t": "done", "id": "e2", "result": {"n": _Level.ONE}},  # equal to 1 as JSON, not 1
+        {"t": "done", "id": "e3", "result": OrderedDict(a=1)},
+        {"t": "done", "id": "e4", "result": 1 << 70},
     ]
     other = [{"t": "fail", "id": "f", "etype": "ValueError"}, {"t": "started", "id": "g"}]
     last = {"t": "done", "id": "h", "result": None}
     rest, data = split_done([plain, *odd, other[0], other[1], last])
     assert data is not None and orjson.loads(data) == [plain, last]
-    assert [e["id"] for e in rest] == ["b", "c", "d", "e", "f", "g"]
+    assert [e["id"] for e in rest] == ["b", "c", "d", "e", "e2", "e3", "e4", "f", "g"]
     assert rest[0]["result"] == (1, 2)
     assert split_done(other) == (other, None)

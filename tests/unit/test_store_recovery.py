@@ -1111,22 +1111,34 @@ def test_a_success_the_worker_encoded_is_journaled_as_its_bytes(tmp_path: Path) 
 
     finish("c")
     rec.outcomes("w1", 2.5, data, [(2, got["c"])])
-    st.seal()  # c's first row is now in a sealed segment: its outcome goes whole
+    st.journal.rotate()  # not through seal(), which drains first: c's first row is sealed
     rec.commit_sync()
     frame = list(st.journal.replay_batches(st.journal.segment))[-1]
     assert [r["k"] for r in frame] == ["rows"] and [row[0] for row in frame[0]["f"]] == ["c"]
+    # seal() drains first: an outcome pending then goes to the segment it seals, and counts
+    core.submit_many([mk("d")], 2.6)
+    rec.commit_sync()
+    (d,) = core.dispatch(POOL, 1, 2.6, "w1")
+    got["d"] = d
+    finish("d")
+    rec.outcomes("w1", 2.5, orjson.dumps([evs[0] | {"id": "d", "result": {"v": "d"}}]), [(0, d)])
+    ended = rec.ended
+    sealed = st.seal()
+    assert rec.ended == ended and rec.pending == 0
+    (done,) = [r for b in st.journal.replay_batches(sealed - 1) for r in b if r["k"] == "done"]
+    assert done["ev"][0]["id"] == "d"
 
     st.convert_results(st.seal())
     table = st.results.load_table()
-    want = ResultsStore._to_table([(got[t], got[t].finished_at) for t in "abc"])
+    want = ResultsStore._to_table([(got[t], got[t].finished_at) for t in "abcd"])
     cols = [n for n in table.column_names if n != "recorded_at"]
     key = [("id", "ascending")]
     assert table.select(cols).sort_by(key).equals(want.select(cols).sort_by(key))
-    assert table.sort_by(key).column("idempotency_key").to_pylist() == ["ka", None, None]
+    assert table.sort_by(key).column("idempotency_key").to_pylist() == ["ka", None, None, None]
     crash(st)
 
     st2 = open_state(tmp_path, "priority", 3.0)
-    for tid in "abc":
+    for tid in "abcd":
         a, b = got[tid], st2.core.tasks[tid]
         for name in FIELDS_FINAL:
             assert getattr(a, name) == getattr(b, name), (tid, name)

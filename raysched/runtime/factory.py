@@ -201,9 +201,10 @@ class RaySpawner:
         # a start reaches the journal at most hold_starts_s + a flush after the assignment
         # (later when the scheduler's loop is busy: hence the margin)
         self._remember_s = st.hold_starts_s + st.flush_interval_s + 5.0
+        # with a journal, workers send successes encoded and the scheduler journals those bytes
+        self._encode_done = st.enabled
 
     def spawn(self, pool: PoolSettings, worker_id: str) -> Any:
-        st = self.settings.store
         opts: dict[str, Any] = {
             "name": worker_id,
             "namespace": self.settings.namespace,
@@ -226,7 +227,7 @@ class RaySpawner:
                 self.settings.namespace,
                 self._blobs,
                 self._remember_s,
-                st.enabled,
+                self._encode_done,
             )
         )
 

@@ -49,7 +49,7 @@ go to the journal as those bytes, in a ``done`` record, instead of as ``e`` rows
      "use": [index, ...], "lv": [level, ...], "fs": [first_start, ...], "fc": {...}}
 
 Only the events at ``use`` count (the others were refused or journaled as rows), each with its
-task's level and first start; it stands for the ``e`` row ``done_rows`` makes of it (attempt 1,
+task's level and first start; it stands for the ``e`` row ``done_as_rows`` makes of it (attempt 1,
 ``service_s`` the event's, no steps), so the task's first row must be in the same segment.
 
 Journals written before the row format hold one dict per change with a kind ``k`` (``submit``,
@@ -86,9 +86,8 @@ __all__ = [
     "SLOT_STATE_FIELDS",
     "STATE_FIELDS",
     "apply_record",
-    "done_rows",
+    "done_as_rows",
     "fair_counters",
-    "replay_done",
     "replay_rows",
     "rows_record",
     "split_done",
@@ -334,10 +333,10 @@ def fair_counters(counters: dict[str, float], groups: Iterable[Sequence[Task]]) 
 
 def split_done(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bytes | None]:
     """A worker's report for a scheduler that journals: its ``done`` events encoded once, here
-    (the scheduler decodes them and journals these very bytes, see ``done_rows``), and the
-    other events as they are. An event whose JSON does not read back equal (a tuple, a NaN, a
-    value JSON cannot hold, an enum, a subclass of dict) stays with the others, so the scheduler
-    sees every result as the handler returned it."""
+    (the scheduler decodes them and journals these very bytes, see ``done_as_rows``), and the
+    other events as they are. An event not made of plain JSON values (``_plain``: a tuple, a
+    NaN, bytes, an enum, a subclass of dict, an int over 64 bits) stays with the others, so the
+    scheduler sees every result as the handler returned it."""
     parts: list[bytes] = []
     rest: list[dict[str, Any]] = []
     for ev in events:
@@ -373,8 +372,9 @@ def _plain(v: Any, depth: int = 0) -> bool:
 _SUCCEEDED = TaskState.SUCCEEDED.value
 
 
-def done_rows(rec: dict[str, Any]) -> list[list[Any]]:
-    """The ``e`` rows (``ROW_END``, all ``succeeded``) a ``done`` record stands for."""
+def done_as_rows(rec: dict[str, Any]) -> dict[str, Any]:
+    """The ``rows`` record a ``done`` record stands for: its ``e`` rows (``ROW_END``, all
+    ``succeeded``) and its fair-share counters (for ``replay_rows`` and the results files)."""
     evs = rec["ev"]
     worker = rec["w"]
     at = rec["at"]
@@ -386,21 +386,10 @@ def done_rows(rec: dict[str, Any]) -> list[list[Any]]:
         if result is not None:
             d["result"] = result
         rows.append([ev["id"], level, 1, float(ev.get("service", 0.0)), 0, d])
-    return rows
-
-
-def replay_done(
-    rec: dict[str, Any],
-    tasks: dict[str, Task],
-    retrying: set[str],
-    fair: dict[str, float],
-) -> tuple[int, int]:
-    """Apply a ``done`` record (``replay_rows`` of its ``e`` rows)."""
-    rows = done_rows(rec)
-    as_rows = {"k": "rows", "ef": ROW_END, "e": rows, "es": [_SUCCEEDED] * len(rows)}
+    out = {"k": "rows", "n": len(rows), "ef": ROW_END, "e": rows, "es": [_SUCCEEDED] * len(rows)}
     if "fc" in rec:
-        as_rows["fc"] = rec["fc"]
-    return replay_rows(as_rows, tasks, retrying, fair)
+        out["fc"] = rec["fc"]
+    return out
 
 
 def _setter(

@@ -41,7 +41,7 @@ from raysched.store.checkpoint import (
 from raysched.store.journal import Journal, SyncPolicy
 from raysched.store.location import StateDir
 from raysched.store.recorder import Recorder
-from raysched.store.records import apply_record, replay_done, replay_rows, task_from_record
+from raysched.store.records import apply_record, done_as_rows, replay_rows, task_from_record
 from raysched.store.results import (
     ConvertJob,
     ConvertReport,
@@ -406,11 +406,9 @@ def _recover(
         for rec in batch:
             try:
                 kind = rec["k"]
-                if kind == "rows":
-                    rep.skipped_records += replay_rows(rec, tasks, retrying, fair)[1]
-                    continue
-                if kind == "done":
-                    rep.skipped_records += replay_done(rec, tasks, retrying, fair)[1]
+                if kind in ("rows", "done"):
+                    rows = done_as_rows(rec) if kind == "done" else rec
+                    rep.skipped_records += replay_rows(rows, tasks, retrying, fair)[1]
                     continue
                 tid = rec["id"]
                 t = tasks.get(tid)

@@ -36,7 +36,7 @@ from raysched.pause import paused_gc
 from raysched.policy.task import Task
 from raysched.store.journal import Journal, dumps, loads
 from raysched.store.location import TMP_PREFIX, StateDir
-from raysched.store.records import ROW_END, done_rows
+from raysched.store.records import done_as_rows
 
 __all__ = [
     "RESULT_SCHEMA",
@@ -209,7 +209,6 @@ def convert_segments(job: ConvertJob) -> ConvertReport:
 _DICT_COLUMNS = tuple((n, getattr(Task, n)) for n in _TASK_COLUMNS if n not in Task.__slots__)
 _SLOT_COLUMNS = tuple(n for n in _TASK_COLUMNS if n in Task.__slots__)
 _FINAL_STATES = frozenset(s.value for s in TaskState if s.terminal)
-_SUCCEEDED = TaskState.SUCCEEDED.value
 
 
 def _outcome_tables(
@@ -227,8 +226,8 @@ def _outcome_tables(
                     firsts[row[at]] = (names, row)
     out = []
     if rec["k"] == "done":  # e rows whose dict lacks the spec's rare fields: the first row's
-        rows = done_rows(rec)
-        return _state_outcomes(ROW_END, rows, [_SUCCEEDED] * len(rows), firsts, now, True)
+        e = done_as_rows(rec)
+        return _state_outcomes(e["ef"], e["e"], e["es"], firsts, now, True)
     if "f" in rec:
         rows, states = _readable(rec["ff"], rec["f"], rec["fs"])
         if rows:

@@ -652,30 +652,23 @@ class SchedulerService:
         return n
 
     def _on_done(self, w: _Worker, data: bytes, now: float) -> int:
-        """Encoded ``done`` events: taken as any event; those ending a first attempt with no
-        steps are journaled as the worker encoded them (``Recorder.outcomes``)."""
+        """Encoded ``done`` events: taken as any event; the recorder journals those that ended a
+        first attempt with no steps as the worker encoded them (``Recorder.outcomes``)."""
         try:
             evs = loads(data)
         except ValueError:  # pragma: no cover - a worker of another version
             log.warning("undecodable outcomes from %s: dropped (the tasks run again)", w.id)
             return 0
-        accepted: list[tuple[int, Task]] = []
-        for i, ev in enumerate(evs):
+        on_event = self._on_event
+        taken: list[Task | None] = []
+        for ev in evs:
             try:
-                t = self._on_event(w, ev, now)
+                taken.append(on_event(w, ev, now))
             except RayschedError as exc:  # pragma: no cover - refused transitions are logged
                 log.warning("event %s from %s: %s", ev.get("t"), w.id, exc)
-                continue
-            if (
-                t is not None
-                and t.attempts == 1
-                and not t.steps
-                and t.boosted_from is None
-                and t.service_s == float(ev.get("service", 0.0))
-            ):
-                accepted.append((i, t))
-        if accepted and self.recorder is not None:
-            self.recorder.outcomes(w.id, now, data, accepted)
+                taken.append(None)
+        if self.recorder is not None:
+            self.recorder.outcomes(w.id, now, data, evs, taken)
         return len(evs)
 
     def _on_event(self, w: _Worker, ev: dict[str, Any], now: float) -> Task | None:

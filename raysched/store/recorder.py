@@ -26,6 +26,7 @@ neither builds nor encodes a row for it."""
 from __future__ import annotations
 
 import asyncio
+import operator
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 __all__ = ["Recorder"]
 
 _TERMINAL = frozenset(s for s in TaskState if s.terminal)
+_get_level = operator.attrgetter("level")
+_get_first_start = operator.attrgetter("first_start")
 
 
 class Recorder:
@@ -107,13 +110,19 @@ class Recorder:
         )
 
     def outcomes(
-        self, worker: str, at: float, data: bytes, accepted: list[tuple[int, Task]]
+        self,
+        worker: str,
+        at: float,
+        data: bytes,
+        events: list[dict[str, Any]],
+        taken: list[Task | None],
     ) -> None:
         """Successful outcomes of ``worker`` reported at ``at`` (``now``), as the worker encoded
-        them (``data``, a JSON list of ``done`` events, see ``records.split_done``):
-        ``accepted`` names the events the scheduler took, with their tasks, each ended at
-        attempt 1 with no steps and the event's service. Those whose first row is in the
-        current segment and that changed in nothing else since the last drain are journaled as
+        them (``data``, the JSON list ``events`` of ``done`` events, see
+        ``records.split_done``): ``taken[i]`` is the task ``events[i]`` ended, or None where the
+        scheduler refused it. Those that ended a first attempt with no steps and the event's
+        service (what ``records.done_as_rows`` reads the record as), whose first row is in the
+        current segment and that changed in nothing else since the last drain, are journaled as
         ``data`` (a ``done`` record, written with the next drain); the others get rows as
         usual."""
         if self.journal.segment != self._segment:  # a new segment: its first rows are unknown
@@ -123,20 +132,20 @@ class Recorder:
         touched = self._touched
         here = self._in_segment
         use: list[int] = []
-        levels: list[int] = []
-        firsts: list[float | None] = []
         tasks: list[Task] = []
-        for i, t in accepted:
+        for i, t in enumerate(taken):
+            if t is None or t.attempts != 1 or t.steps or t.boosted_from is not None:
+                continue
             mark = changes.get(t)
             if mark is None or mark & CREATED or t not in here or t in touched:
+                continue
+            if t.service_s != float(events[i].get("service", 0.0)):
                 continue
             del changes[t]
             if held:
                 held.pop(t, None)  # its start: the outcome says it
             here.discard(t)
             use.append(i)
-            levels.append(t.level)
-            firsts.append(t.first_start)
             tasks.append(t)
         if tasks:
             rec = {
@@ -145,8 +154,8 @@ class Recorder:
                 "at": at,
                 "ev": orjson.Fragment(data),
                 "use": use,
-                "lv": levels,
-                "fs": firsts,
+                "lv": list(map(_get_level, tasks)),
+                "fs": list(map(_get_first_start, tasks)),
             }
             self._done.append((self._segment, rec, tasks))
             self.ended += len(tasks)

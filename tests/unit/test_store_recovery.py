@@ -88,9 +88,9 @@ class Workload:
         self.core.account(t, svc, 0)
         self.core.finish(t, self.now, ok=True, result=ev["result"])
         w = t.worker
-        if w and t.attempts == 1 and not t.steps and t.boosted_from is None and t.service_s == svc:
-            data = orjson.dumps([{"t": "started", "id": "x"}, ev])
-            self.st.recorder.outcomes(w, self.now, data, [(1, t)])
+        if w:  # the recorder takes first attempts with no steps and the event's service only
+            evs: list[dict[str, Any]] = [{"t": "started", "id": "x"}, ev]
+            self.st.recorder.outcomes(w, self.now, orjson.dumps(evs), evs, [None, t])
 
     def step(self) -> None:
         rnd, core, now = self.rnd, self.core, self.now
@@ -1100,7 +1100,8 @@ def test_a_success_the_worker_encoded_is_journaled_as_its_bytes(tmp_path: Path) 
 
     finish("a")
     finish("b")
-    rec.outcomes("w1", 2.5, data, [(0, got["a"])])  # b: not taken this way (say, it had steps)
+    got["b"].steps = 2  # b had steps: not taken this way
+    rec.outcomes("w1", 2.5, data, evs, [got["a"], got["b"], None])
     rec.commit_sync()
     frame = list(st.journal.replay_batches(st.journal.segment))[-1]
     (done,) = [r for r in frame if r["k"] == "done"]
@@ -1110,7 +1111,7 @@ def test_a_success_the_worker_encoded_is_journaled_as_its_bytes(tmp_path: Path) 
     assert not any(row[0] == "a" for r in rows for k in "sqtfepr" for row in r.get(k, []))
 
     finish("c")
-    rec.outcomes("w1", 2.5, data, [(2, got["c"])])
+    rec.outcomes("w1", 2.5, data, evs, [None, None, got["c"]])
     st.journal.rotate()  # not through seal(), which drains first: c's first row is sealed
     rec.commit_sync()
     frame = list(st.journal.replay_batches(st.journal.segment))[-1]
@@ -1121,7 +1122,8 @@ def test_a_success_the_worker_encoded_is_journaled_as_its_bytes(tmp_path: Path) 
     (d,) = core.dispatch(POOL, 1, 2.6, "w1")
     got["d"] = d
     finish("d")
-    rec.outcomes("w1", 2.5, orjson.dumps([evs[0] | {"id": "d", "result": {"v": "d"}}]), [(0, d)])
+    evs_d = [evs[0] | {"id": "d", "result": {"v": "d"}}]
+    rec.outcomes("w1", 2.5, orjson.dumps(evs_d), evs_d, [d])
     ended = rec.ended
     sealed = st.seal()
     assert rec.ended == ended and rec.pending == 0

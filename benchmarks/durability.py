@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import statistics
 import tempfile
@@ -193,7 +194,8 @@ def large(inline: bool, n: int, kb: int, state: str) -> dict[str, float]:
 
 
 TABLE_HEAD = (
-    "| store | tasks/s (median) | rounds | vs in-memory | vs in-memory, same round (median) "
+    "| store | tasks/s (median) | rounds | vs in-memory "
+    "| vs in-memory, same round (median; bootstrap 95% interval) "
     "| journal B/task | scheduler CPU µs/task (median) | vs in-memory "
     "| machine CPU µs/task (median) | vs in-memory |",
     "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -205,6 +207,15 @@ def paired(xs: list[float], base: list[float]) -> float:
     its own round (minutes apart at most), which the machine's drift moves less than it moves
     a ratio of medians taken over the whole run."""
     return statistics.median(x / b - 1 for x, b in zip(xs, base, strict=True))
+
+
+def paired_interval(xs: list[float], base: list[float], n: int = 2000) -> tuple[float, float]:
+    """A bootstrap 95% interval for ``paired``: the rounds resampled with replacement ``n``
+    times (seeded, so the same rounds give the same interval)."""
+    d = [x / b - 1 for x, b in zip(xs, base, strict=True)]
+    rnd = random.Random(0)
+    meds = sorted(statistics.median(rnd.choices(d, k=len(d))) for _ in range(n))
+    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
 
 
 def table_rows(res: dict[str, Any], modes: tuple[str, ...]) -> list[str]:
@@ -220,11 +231,13 @@ def table_rows(res: dict[str, Any], modes: tuple[str, ...]) -> list[str]:
         cpu = statistics.median(res["actor_cpu_us"][m])
         mach = statistics.median(res["machine_cpu_us"][m])
         same = paired(xs, res["throughput"]["memory"])
+        lo, hi = paired_interval(xs, res["throughput"]["memory"])
+        same_s = f"{100 * same:+.1f}% ({100 * lo:+.1f} to {100 * hi:+.1f})"
         out.append(
             f"| {m if m != 'memory' else 'in memory (store off)'} | {med:,.0f} | "
             f"{', '.join(f'{x:,.0f}' for x in xs)} | "
             f"{'-' if m == 'memory' else f'{100 * (med / mem - 1):+.1f}%'} | "
-            f"{'-' if m == 'memory' else f'{100 * same:+.1f}%'} | "
+            f"{'-' if m == 'memory' else same_s} | "
             f"{'-' if m == 'memory' else f'{jb:.0f}'} | {cpu:.1f} | "
             f"{'-' if m == 'memory' else f'{cpu - mem_cpu:+.1f}'} | {mach:.1f} | "
             f"{'-' if m == 'memory' else f'{mach - mem_mach:+.1f}'} |"

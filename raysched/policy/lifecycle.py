@@ -10,7 +10,7 @@ from raysched.errors import InvalidTransition
 from raysched.models import AuditEvent, TaskState
 from raysched.policy.task import Task
 
-__all__ = ["ALLOWED", "CHANGED", "CREATED", "STARTED", "AuditHook", "Lifecycle", "LogAudit"]
+__all__ = ["ALLOWED", "CHANGED", "CREATED", "AuditHook", "Lifecycle", "LogAudit"]
 
 S = TaskState
 ALLOWED: dict[TaskState, frozenset[TaskState]] = {
@@ -31,9 +31,9 @@ class AuditHook(Protocol):
 
 
 #: Marks in ``Lifecycle.changes``: the task entered the machine / changed state since the log's
-#: owner last took it / its one transition since then is a start from ``queued`` (the journal
-#: writes a short row for it; any further transition makes it ``CHANGED``).
-CREATED, CHANGED, STARTED = 1, 2, 4
+#: owner last took it.
+CREATED, CHANGED = 1, 2
+_QUEUED, _RUNNING = S.QUEUED, S.RUNNING
 
 
 class LogAudit:
@@ -57,10 +57,13 @@ class Lifecycle:
         self, hooks: list[AuditHook] | None = None, on_refused: Callable[[str], None] | None = None
     ):
         self.hooks: list[AuditHook] = list(hooks or [])
-        #: A change log (task -> ``CREATED``, ``CHANGED`` or ``STARTED``) the journal's recorder
-        #: installs and empties: cheaper than any hook, no call and no event object per
-        #: transition.
+        #: A change log (task -> ``CREATED`` or ``CHANGED``) the journal's recorder installs and
+        #: empties: cheaper than any hook, no call and no event object per transition.
         self.changes: dict[Task, int] | None = None
+        #: With a change log: the starts from ``queued`` of tasks it does not hold, in order (a
+        #: list append; the recorder takes the list whole and journals the starts of those
+        #: still running later, most tasks of a batch having ended by then).
+        self.starts: list[Task] = []
         self._on_refused = on_refused
 
     def move(self, task: Task, dst: TaskState, now: float, reason: str = "") -> None:
@@ -77,12 +80,11 @@ class Lifecycle:
                 hook(event)
         changes = self.changes
         if changes is not None:
-            mark = changes.get(task)
-            if mark is None:
-                changes[task] = STARTED if src is S.QUEUED and dst is S.RUNNING else CHANGED
-            elif mark == STARTED:
-                changes[task] = CHANGED
-            # CREATED and CHANGED stay
+            if src is _QUEUED and dst is _RUNNING:
+                if task not in changes:
+                    self.starts.append(task)
+            else:
+                changes.setdefault(task, CHANGED)  # CREATED and CHANGED stay
 
     def created(self, task: Task, now: float, reason: str = "submitted") -> None:
         """The birth event: a task enters the machine in ``pending``."""

@@ -203,6 +203,11 @@ def _fsync_dir(path: Path, fsync: Callable[[int], None]) -> None:
         os.close(fd)
 
 
+#: What an empty ``append_nowait`` returns when nothing before it is left to write.
+_WRITTEN: Future[None] = Future()
+_WRITTEN.set_result(None)
+
+
 def settle_future(src: Future[None], dst: asyncio.Future[None]) -> None:
     """Copy a thread future's outcome onto an asyncio future (both the journal and recorder do)."""
     if dst.done():
@@ -342,6 +347,16 @@ class Journal:
         written (and fsynced under ``always``). An empty batch is a barrier: it resolves once
         everything queued before it is written. Records are encoded here, in the caller."""
         data, n = self._encode(records)
+        if not n:
+            with self._cond:
+                if (
+                    self._inline
+                    and not self._queue
+                    and not self._busy
+                    and not self._closing
+                    and self._failed is None
+                ):
+                    return _WRITTEN  # nothing earlier is queued or being written
         fut: Future[None] = Future()
         self._enqueue([_Append(data, n, fut)])
         return fut

@@ -2,12 +2,15 @@
 not have to name every change at every call site.
 
 It installs itself as the lifecycle's change log (``Lifecycle.changes``: no call and no event
-object per transition). Every transition (submission, start, preemption, retry, finish, cancel, a
-child failed by its parent, a retry released by ``tick``) marks the task there; changes that are
-not transitions (service and steps reported by a running task, a level demotion) are marked with
-``touch``. With ``hold_starts_s`` set (the scheduler's default is 50 ms), a start is held back that
-long: most short tasks then end before their start is drained, and one outcome row says both (a
-restarted scheduler counts the held starts the surviving workers report: ``recover(started=)``).
+object per transition). Every transition (submission, preemption, retry, finish, cancel, a child
+failed by its parent, a retry released by ``tick``) marks the task there, but a start from
+``queued`` of a task without a mark, which the lifecycle lists (``Lifecycle.starts``); changes
+that are not transitions (service and steps reported by a running task, a level demotion) are
+marked with ``touch``. With ``hold_starts_s`` set (the scheduler's default is 50 ms), a drain
+takes the listed starts as one batch and holds it back that long: most short tasks then end
+before their start is drained, and one outcome row says both (a restarted scheduler counts the
+held starts the surviving workers report: ``recover(started=)``). Only the tasks of a released
+batch still running get a start row: nothing per task for the others until then.
 ``drain`` builds one row per dirty task from its *current* state (several changes between two
 drains cost one row; the rows of a drain make one ``rows`` record, see ``records``); a task that
 ended gets a whole row, or a state row if its first row is in the same journal segment: the results
@@ -26,6 +29,7 @@ neither builds nor encodes a row for it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import operator
 import time
 from collections import deque
@@ -36,8 +40,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from raysched.models import TaskState
-from raysched.pause import paused_gc
-from raysched.policy.lifecycle import CHANGED, CREATED, STARTED
+from raysched.policy.lifecycle import CREATED
 from raysched.policy.task import Task
 from raysched.store.journal import Journal, settle_future
 from raysched.store.records import fair_counters, rows_record
@@ -72,13 +75,15 @@ class Recorder:
         self.clock = clock
         #: Final outcomes drained so far (whole rows the results files are made from).
         self.ended = 0
-        # Transitions, filled by the lifecycle (task -> CREATED | CHANGED | STARTED); keyed by
+        # Transitions, filled by the lifecycle (task -> CREATED | CHANGED); keyed by
         # the task objects (the core never replaces one): no lookup by id per task.
         self._changes: dict[Task, int] = {}
         self._touched: set[Task] = set()
-        # Held-back starts (task -> its marks), and the order they were held in.
-        self._held: dict[Task, int] = {}
-        self._held_order: deque[Task] = deque()
+        # Held-back starts: (when the drain took them, the batch of tasks), oldest first.
+        self._held: deque[tuple[float, list[Task]]] = deque()
+        # Running tasks touched while their start may be held back: written whole once they
+        # have run ``hold_starts_s`` (their start row would not say their progress).
+        self._late: set[Task] = set()
         # Tasks whose first (``s`` or ``q``) row went to journal segment ``_segment``: their
         # outcome there is a state row (``records``, kind ``e``); the results files take the
         # spec from the first row.
@@ -93,6 +98,7 @@ class Recorder:
         # ``done`` records to write (segment, record, its tasks), see ``outcomes``
         self._done: list[tuple[int, dict[str, Any], list[Task]]] = []
         core.lifecycle.changes = self._changes
+        core.lifecycle.starts = []
 
     def touch(self, t: Task) -> None:
         """``t``'s service, steps, quantum or level changed without a transition."""
@@ -100,12 +106,15 @@ class Recorder:
 
     @property
     def pending(self) -> int:
-        """Tasks with changes not yet drained (held-back starts included)."""
+        """Tasks with changes not yet drained (held-back starts of running tasks included)."""
+        running = TaskState.RUNNING
+        starts = [self.core.lifecycle.starts, *(b for _, b in self._held)]
         return (
             len(self._changes)
             + len(self._touched)
-            + len(self._held)
-            + len(self._redo)
+            + len(self._late)
+            + sum(t.state is running for b in starts for t in b)
+            + sum(map(len, self._redo))
             + sum(len(d[2]) for d in self._done)
         )
 
@@ -128,7 +137,6 @@ class Recorder:
         if self.journal.segment != self._segment:  # a new segment: its first rows are unknown
             return
         changes = self._changes
-        held = self._held
         touched = self._touched
         here = self._in_segment
         use: list[int] = []
@@ -141,9 +149,7 @@ class Recorder:
                 continue
             if t.service_s != float(events[i].get("service", 0.0)):
                 continue
-            del changes[t]
-            if held:
-                held.pop(t, None)  # its start: the outcome says it
+            del changes[t]  # a held start of it: no longer running when released
             here.discard(t)
             use.append(i)
             tasks.append(t)
@@ -174,6 +180,7 @@ class Recorder:
         next drain."""
         changes = self._changes
         held = self._held
+        lc = self.core.lifecycle
         if new_only:  # one pass: the new tasks go now, the rest stays for the next drain
             dirty: dict[Task, int] = {}
             rest: dict[Task, int] = {}
@@ -182,7 +189,9 @@ class Recorder:
             if not (dirty or self._redo):
                 return [], ()
             self._changes = rest
-        elif not (changes or self._touched or held or self._redo or self._done):
+        elif not (
+            changes or self._touched or lc.starts or held or self._late or self._redo or self._done
+        ):
             return [], ()
         else:
             dirty, self._changes = changes, {}
@@ -205,22 +214,12 @@ class Recorder:
         retrying: list[str] = []
         children: list[Task] = []
         hold = self.hold_starts_s > 0 and not everything
-        young = self.clock() - self.hold_starts_s if hold else 0.0
+        now = self.clock()
+        young = now - self.hold_starts_s if hold else 0.0
         running = TaskState.RUNNING
-        order = self._held_order
         for t, mark in dirty.items():
-            if held:
-                mark |= held.pop(t, 0)
-            if mark & CREATED:  # always written (it is being acknowledged), started or not
-                if t.depends_on:
-                    children.append(t)
-            elif hold and t.state is running and t.started_at > young:
-                held[t] = mark
-                order.append(t)
-                continue
-            elif mark == STARTED and t.boosted_from is None:  # a boost's loan: a whole row
-                starts.append(t)
-                continue
+            if mark & CREATED and t.depends_on:  # always written (it is being acknowledged)
+                children.append(t)
             if t.state in terminal:
                 if t.id not in waiting:  # final
                     ended.append(t)
@@ -232,16 +231,33 @@ class Recorder:
                 fresh.append(t)
             else:
                 new.append(t)
-        # starts held long enough (or all, for ``everything``); ``order`` may name a task that
-        # changed since (popped from ``held`` above) or was held again (named twice)
-        while order and not new_only:
-            t = order[0]
-            if hold and t.started_at > young and t in held:
-                break
-            order.popleft()
-            mark = held.pop(t, 0)
-            if mark:
-                (starts if mark == STARTED and t.boosted_from is None else changed).append(t)
+        if not new_only:
+            late: set[Task] = set()
+            if self._late:  # progress of a held start, once it has run long enough: whole
+                if hold:
+                    late = {t for t in self._late if t.started_at <= young}
+                    self._late -= late
+                else:
+                    late, self._late = self._late, set()
+                late = {t for t in late if t.state is running and t not in dirty}
+                changed += late
+            if lc.starts:
+                held.append((now, lc.starts))
+                lc.starts = []
+            # starts held long enough (or all, for ``everything``): a start row for each task
+            # still running that has no row in this drain (any later change of a task got a
+            # whole row, and rows hold absolute values: a start row then is merely redundant)
+            released: list[Task] = []
+            while held and (not hold or held[0][0] <= young):
+                released += held.popleft()[1]
+            if released:
+                live = [t for t in released if t.state is running and t not in dirty]
+                if len(live) > 1:
+                    live = list(dict.fromkeys(live))  # started twice while held
+                for t in live:
+                    if t in late:
+                        continue
+                    (starts if t.boosted_from is None else changed).append(t)  # a boost: whole
         if children:
             touched.update(self._raised_parents(children))
         if touched:
@@ -252,10 +268,10 @@ class Recorder:
             touched.difference_update(fresh)
             touched.difference_update(changed)
             touched.difference_update(ended)
-            if held:  # progress of a held start: its row, once released, is a whole one
-                for t in touched.intersection(held):
-                    held[t] = CHANGED
-                touched.difference_update(held)
+            if hold:  # progress of a start that may be held: a whole row once it is released
+                young_ones = [t for t in touched if t.state is running and t.started_at > young]
+                self._late.update(young_ones)
+                touched.difference_update(young_ones)
         done: list[dict[str, Any]] = []
         done_tasks: list[Task] = []
         if self._done and not new_only:
@@ -335,12 +351,19 @@ class Recorder:
     def flush(self, everything: bool = False, new_only: bool = False) -> Future[None]:
         """Drain into the journal without waiting (the future resolves when written);
         ``everything``: held-back starts too; ``new_only``: new tasks only (see ``_drain``)."""
-        with paused_gc():  # thousands of rows at once: see ``pause``
+        # thousands of rows at once: the collector is paused (see ``pause``; inline, as this
+        # runs after every dispatch and report)
+        was = gc.isenabled()
+        gc.disable()
+        try:
             records, groups = self._drain(everything, new_only)
             done = self.journal.append_nowait(records)
             # freed while paused: alive at the collection that re-enabling soon triggers, the
             # rows would be scanned and moved to an older generation for nothing
             del records
+        finally:
+            if was:
+                gc.enable()
         if groups:
             done.add_done_callback(lambda f: self._written(f, groups))
         return done

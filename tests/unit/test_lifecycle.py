@@ -8,7 +8,7 @@ import pytest
 
 from raysched.errors import InvalidTransition
 from raysched.models import AuditEvent, TaskState
-from raysched.policy.lifecycle import ALLOWED, CHANGED, CREATED, STARTED, Lifecycle, LogAudit
+from raysched.policy.lifecycle import ALLOWED, CHANGED, CREATED, Lifecycle, LogAudit
 from raysched.policy.task import Task
 
 S = TaskState
@@ -142,10 +142,10 @@ def test_full_happy_path_with_retry() -> None:
     assert t.state is S.SUCCEEDED
 
 
-def test_change_log_marks_a_lone_start_from_queued() -> None:
-    """``Lifecycle.changes``: a start from ``queued`` as the task's one transition since the log
-    was taken is ``STARTED``; any other transition, or one more after it, is ``CHANGED``; a
-    birth stays ``CREATED``."""
+def test_change_log_lists_a_lone_start_from_queued() -> None:
+    """``Lifecycle.changes``: a birth is ``CREATED``, any other transition ``CHANGED``, except a
+    start from ``queued`` of a task the log does not hold: that goes to ``starts`` (in order),
+    and a transition after it marks the task ``CHANGED`` as usual."""
     lc = Lifecycle()
     lc.changes = {}
     new, waiting, resumed = (Task(n, 1, 0.0) for n in ("new", "waiting", "resumed"))
@@ -158,9 +158,10 @@ def test_change_log_marks_a_lone_start_from_queued() -> None:
         for dst in path:
             lc.move(t, dst, 0.0)
     assert lc.changes == {new: CREATED, waiting: CHANGED, resumed: CHANGED}
+    assert lc.starts == []
     lc.changes = {}
     lc.move(waiting, S.RUNNING, 1.0)
     lc.move(resumed, S.RUNNING, 1.0)
-    assert lc.changes == {waiting: STARTED, resumed: CHANGED}
+    assert lc.changes == {resumed: CHANGED} and lc.starts == [waiting]
     lc.move(waiting, S.SUCCEEDED, 2.0)
-    assert lc.changes[waiting] == CHANGED
+    assert lc.changes[waiting] == CHANGED and lc.starts == [waiting]

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from raysched.models import TaskState
-from raysched.policy.lifecycle import CREATED
+from raysched.policy.lifecycle import CHANGED, CREATED
 from raysched.policy.task import Task
 from raysched.store.journal import Journal, settle_future
 from raysched.store.records import fair_counters, rows_record
@@ -144,12 +144,14 @@ class Recorder:
         for i, t in enumerate(taken):
             if t is None or t.attempts != 1 or t.steps or t.boosted_from is not None:
                 continue
-            mark = changes.get(t)
-            if mark is None or mark & CREATED or t not in here or t in touched:
+            # (``!=`` as ``done_as_rows`` reads it: ``float`` of what the event says)
+            if t not in here or t in touched or t.service_s != events[i].get("service", 0.0):
                 continue
-            if t.service_s != float(events[i].get("service", 0.0)):
+            mark = changes.pop(t, None)  # a held start of it: no longer running when released
+            if mark is None or mark & CREATED:  # not changed since the last drain, or new
+                if mark is not None:
+                    changes[t] = mark
                 continue
-            del changes[t]  # a held start of it: no longer running when released
             here.discard(t)
             use.append(i)
             tasks.append(t)
@@ -181,11 +183,12 @@ class Recorder:
         changes = self._changes
         held = self._held
         lc = self.core.lifecycle
-        if new_only:  # one pass: the new tasks go now, the rest stays for the next drain
-            dirty: dict[Task, int] = {}
-            rest: dict[Task, int] = {}
-            for t, m in changes.items():
-                (dirty if m & CREATED else rest)[t] = m
+        if new_only:  # the new tasks go now, the rest stays for the next drain
+            if CHANGED in changes.values():  # (a scan in C: often there are only new tasks)
+                dirty = {t: m for t, m in changes.items() if m & CREATED}
+                rest = {t: m for t, m in changes.items() if not m & CREATED}
+            else:
+                dirty, rest = changes, {}
             if not (dirty or self._redo):
                 return [], ()
             self._changes = rest
@@ -217,6 +220,17 @@ class Recorder:
         now = self.clock()
         young = now - self.hold_starts_s if hold else 0.0
         running = TaskState.RUNNING
+        if new_only:  # all new: most have not started, nor have parents
+            fresh = [
+                t
+                for t in dirty
+                if t.attempts == 0 and t.enqueued_at == t.arrival and t.state not in terminal
+            ]
+            if len(fresh) == len(dirty):
+                children = [t for t in fresh if t.depends_on]
+                dirty = {}
+            else:
+                fresh = []
         for t, mark in dirty.items():
             if mark & CREATED and t.depends_on:  # always written (it is being acknowledged)
                 children.append(t)

@@ -141,18 +141,25 @@ class Recorder:
         here = self._in_segment
         use: list[int] = []
         tasks: list[Task] = []
+        pop = changes.pop
         for i, t in enumerate(taken):
-            if t is None or t.attempts != 1 or t.steps or t.boosted_from is not None:
+            # (``!=`` as ``done_as_rows`` reads the service: ``float`` of what the event says)
+            if (
+                t is None
+                or t.attempts != 1
+                or t.steps
+                or t.boosted_from is not None
+                or t not in here
+                or t.service_s != events[i].get("service", 0.0)
+                or (touched and t in touched)
+            ):
                 continue
-            # (``!=`` as ``done_as_rows`` reads it: ``float`` of what the event says)
-            if t not in here or t in touched or t.service_s != events[i].get("service", 0.0):
-                continue
-            mark = changes.pop(t, None)  # a held start of it: no longer running when released
-            if mark is None or mark & CREATED:  # not changed since the last drain, or new
+            mark = pop(t, None)  # a held start of it: no longer running when released
+            if mark != CHANGED:  # not changed since the last drain (None), or new
                 if mark is not None:
                     changes[t] = mark
                 continue
-            here.discard(t)
+            here.discard(t)  # (ended: keeps the set to the tasks in flight)
             use.append(i)
             tasks.append(t)
         if tasks:

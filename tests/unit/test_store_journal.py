@@ -58,6 +58,32 @@ def test_empty_append_is_a_barrier_and_writes_nothing(tmp_path: Path) -> None:
         assert fut.done() and j.stats.writes == 1
 
 
+def test_empty_append_waits_for_the_frame_in_progress(tmp_path: Path) -> None:
+    """An empty append resolves at once only when nothing is queued or being written: while
+    the writer thread is busy (here: a segment switch whose fsync is held up), it resolves once
+    that work is done; on a closed journal it raises."""
+    go = threading.Event()
+    entered = threading.Event()
+
+    def slow_fsync(fd: int) -> None:
+        if threading.current_thread().name == "raysched-journal":
+            entered.set()
+            assert go.wait(10)
+
+    j = Journal(tmp_path, sync="everysec", fsync=slow_fsync, sync_interval_s=3600)
+    assert j.append_nowait([]).done()  # nothing before it
+    j.append_many(recs(2))  # written inline: the segment is dirty
+    j.rotate()  # the writer switches segments: fsync, held up
+    assert entered.wait(10)
+    fut = j.append_nowait([])
+    assert not fut.done()
+    go.set()
+    fut.result(timeout=10)
+    j.close()
+    with pytest.raises(JournalClosed):
+        j.append_nowait([])
+
+
 def test_async_append_round_trip(tmp_path: Path) -> None:
     async def main() -> None:
         with Journal(tmp_path, sync="everysec") as j:

@@ -337,35 +337,58 @@ def split_done(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], byte
     other events as they are. An event not made of plain JSON values (``_plain``: a tuple, a
     NaN, bytes, an enum, a subclass of dict, an int over 64 bits) stays with the others, so the
     scheduler sees every result as the handler returned it."""
-    parts: list[bytes] = []
+    done: list[dict[str, Any]] = []
     rest: list[dict[str, Any]] = []
     for ev in events:
+        (done if ev.get("t") == "done" and _plain(ev) else rest).append(ev)
+    if not done:
+        return events, None
+    try:
+        return rest, orjson.dumps(done)  # one call for the whole list
+    except TypeError:  # orjson.JSONEncodeError: an int over 64 bits, deep nesting: each alone
+        pass
+    parts: list[bytes] = []
+    rest = []
+    for ev in events:  # (in order again: rare)
         if ev.get("t") == "done" and _plain(ev):
             try:
                 parts.append(orjson.dumps(ev))
                 continue
-            except TypeError:  # orjson.JSONEncodeError: an int over 64 bits, deep nesting
+            except TypeError:
                 pass
         rest.append(ev)
-    if not parts:
-        return events, None
-    return rest, b"[" + b",".join(parts) + b"]"
+    return rest, (b"[" + b",".join(parts) + b"]") if parts else None
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 def _plain(v: Any, depth: int = 0) -> bool:
     """Whether ``v`` reads back from JSON as itself, type for type: dicts with str keys,
-    lists, str, int, finite floats, bool and None, and nothing else (not even a subclass)."""
+    lists, str, int, finite floats, bool and None, and nothing else (not even a subclass).
+    Scalars inside a container are checked in its loop (an event is a dict of them)."""
     t = type(v)
-    if t is str or t is int or t is bool or v is None:
+    if t is dict:
+        if depth > 100:
+            return False
+        for k, x in v.items():
+            if type(k) is not str:
+                return False
+            tx = type(x)
+            if tx in _SCALARS:
+                continue
+            if tx is float:
+                if not math.isfinite(x):
+                    return False
+            elif not _plain(x, depth + 1):
+                return False
+        return True
+    if t in _SCALARS:
         return True
     if t is float:
         return math.isfinite(v)
-    if depth > 100:
-        return False
-    if t is dict:
-        return all(type(k) is str and _plain(x, depth + 1) for k, x in v.items())
     if t is list:
-        return all(_plain(x, depth + 1) for x in v)
+        return depth <= 100 and all(_plain(x, depth + 1) for x in v)
     return False
 
 

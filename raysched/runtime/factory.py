@@ -198,8 +198,9 @@ class RaySpawner:
             if st.enabled
             else None
         )
-        # a start reaches the journal at most hold_starts_s + a flush after the assignment
-        # (later when the scheduler's loop is busy: hence the margin)
+        # a start reaches the journal at most hold_starts_s + two flushes after the assignment
+        # (the flush that holds its batch back, the first one after the hold: later when the
+        # scheduler's loop is busy, hence the margin)
         self._remember_s = st.hold_starts_s + st.flush_interval_s + 5.0
         # with a journal, workers send successes encoded and the scheduler journals those bytes
         self._encode_done = st.enabled

@@ -142,7 +142,7 @@ class WorkerCore:
         self._bg: set[asyncio.Task[None]] = set()
         self.executed = 0
         #: How long the attempts this worker was given are kept for ``given`` (longer than the
-        #: scheduler may take to journal a start: ``store.hold_starts_s`` plus a flush).
+        #: scheduler may take to journal a start: ``store.hold_starts_s`` plus two flushes).
         self.remember_s = remember_s
         # (received at, ids, attempt numbers) per assign call, oldest first
         self._given: deque[tuple[float, list[str], list[int]]] = deque()

@@ -711,7 +711,10 @@ class SchedulerCore:
 
     def next_wakeup(self) -> float:
         """Earliest time at which ``tick`` has something to release (retries)."""
-        return self._delayed[0][0] if self._delayed else math.inf
+        d = self._delayed
+        while d and d[0][2].id not in self._retrying:
+            heapq.heappop(d)  # a retry cancelled meanwhile (``tick`` skips it): nothing to wake for
+        return d[0][0] if d else math.inf
 
     # -- views ----------------------------------------------------------------------------------
     def _slices(self, q: TaskQueue) -> dict[str, Any]:

@@ -351,7 +351,8 @@ class Recorder:
 
     def _raised_parents(self, children: list[Task]) -> list[Task]:
         """Live ancestors of new tasks: accepting a child raises its parents' ``depth`` (a
-        scoring factor) without a transition."""
+        scoring factor) without a transition. The walk goes on through ancestors that have
+        ended since: the core raised the depths above them while they were live."""
         tasks = self.core.tasks
         out: list[Task] = []
         seen: set[str] = set()
@@ -363,9 +364,10 @@ class Recorder:
                     continue
                 seen.add(pid)
                 p = tasks.get(pid)
-                if p is None or self.core.is_final(p):
+                if p is None:
                     continue
-                out.append(p)
+                if not self.core.is_final(p):
+                    out.append(p)
                 stack.extend(p.depends_on)
         return out
 

@@ -317,6 +317,23 @@ def test_max_queued_per_tenant() -> None:
 
 
 # -- retries ----------------------------------------------------------------------------------
+def test_a_cancelled_retry_leaves_nothing_to_wake_for() -> None:
+    """A task cancelled during its retry backoff: ``next_wakeup`` no longer names its retry
+    (the scheduler's loop would wake for nothing), and ``tick`` releases nothing."""
+    core = make_core(retry_backoff_s=0.5)
+    t = core.submit(mk("t", max_retries=1), 0.0)
+    u = core.submit(mk("u", max_retries=1), 0.0)
+    for x in core.dispatch(POOL, 2, 1.0):
+        core.finish(x, 2.0 if x is t else 3.0, ok=False, error_type="ValueError", error="boom")
+    assert core.next_wakeup() == pytest.approx(2.5)
+    core.cancel("t", 2.1)
+    assert core.next_wakeup() == pytest.approx(3.5)  # u's retry
+    core.cancel("u", 2.2)
+    assert core.next_wakeup() == float("inf")
+    core.tick(10.0)
+    assert (t.state, u.state, core.queued()) == (S.CANCELLED, S.CANCELLED, 0)
+
+
 def test_retry_after_backoff_then_terminal() -> None:
     log = LogAudit()
     core = make_core(log=log, retry_backoff_s=0.5)

@@ -1006,6 +1006,22 @@ def test_progress_while_a_start_is_held_reaches_the_journal(tmp_path: Path, chan
     assert (got.attempts, got.redeliveries) == (1, 1)
 
 
+def test_a_depth_raised_through_a_parent_that_ended_reaches_the_journal(tmp_path: Path) -> None:
+    """A new grandchild raises its grandparent's depth through its parent; the parent is
+    cancelled before the next drain. The journal still gets the grandparent's depth."""
+    st = open_state(tmp_path, "priority")
+    core = st.core
+    core.submit_many([mk("root"), mk("mid", depends_on=("root",))], 1.0)
+    st.recorder.commit_sync()
+    core.submit_many([mk("leaf", at=1.1, depends_on=("mid",))], 1.1)
+    core.cancel("mid", 1.1)  # mid ends, and leaf with it, before the drain
+    assert core.tasks["root"].depth == 2 and core.is_final(core.tasks["mid"])
+    st.recorder.commit_sync()
+    crash(st)
+    got = open_state(tmp_path, "priority", 2.0).core.tasks
+    assert got["root"].depth == 2 and got["root"].state is S.QUEUED
+
+
 def test_a_child_raises_the_depth_of_a_parent_waiting_out_a_retry(tmp_path: Path) -> None:
     """A parent in its retry backoff is live: a new child raises its depth (a scoring factor),
     the journal has it, and recovery brings back the same depth."""

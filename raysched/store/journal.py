@@ -335,12 +335,17 @@ class Journal:
                 raise JournalClosed(f"journal {self.directory} is closed") from self._failed
             self._lock()
             self._ensure_threads()
-            if self._inline and not self._queue and not self._busy:
+            if self._idle():
                 # in order: nothing is queued or being written. Holding _cond keeps it so.
                 self._commit(items)
                 return
             self._queue.extend(items)
             self._cond.notify()
+
+    def _idle(self) -> bool:  # holds self._cond
+        """An append may write its frame itself: ``everysec``/``off``, nothing queued or being
+        written."""
+        return self._inline and not self._queue and not self._busy
 
     def append_nowait(self, records: Iterable[Mapping[str, Any]]) -> Future[None]:
         """Queue ``records`` for the next group commit; the future resolves once their frame is
@@ -349,13 +354,7 @@ class Journal:
         data, n = self._encode(records)
         if not n:
             with self._cond:
-                if (
-                    self._inline
-                    and not self._queue
-                    and not self._busy
-                    and not self._closing
-                    and self._failed is None
-                ):
+                if self._idle() and not self._closing and self._failed is None:
                     return _WRITTEN  # nothing earlier is queued or being written
         fut: Future[None] = Future()
         self._enqueue([_Append(data, n, fut)])

@@ -29,7 +29,6 @@ neither builds nor encodes a row for it."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import operator
 import time
 from collections import deque
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from raysched.models import TaskState
+from raysched.pause import paused_gc
 from raysched.policy.lifecycle import CHANGED, CREATED
 from raysched.policy.task import Task
 from raysched.store.journal import Journal, settle_future
@@ -154,7 +154,7 @@ class Recorder:
                 or (touched and t in touched)
             ):
                 continue
-            mark = pop(t, None)  # a held start of it: no longer running when released
+            mark = pop(t, None)  # the record says its outcome (a held start of it is skipped)
             if mark != CHANGED:  # not changed since the last drain (None), or new
                 if mark is not None:
                     changes[t] = mark
@@ -227,17 +227,6 @@ class Recorder:
         now = self.clock()
         young = now - self.hold_starts_s if hold else 0.0
         running = TaskState.RUNNING
-        if new_only:  # all new: most have not started, nor have parents
-            fresh = [
-                t
-                for t in dirty
-                if t.attempts == 0 and t.enqueued_at == t.arrival and t.state not in terminal
-            ]
-            if len(fresh) == len(dirty):
-                children = [t for t in fresh if t.depends_on]
-                dirty = {}
-            else:
-                fresh = []
         for t, mark in dirty.items():
             if mark & CREATED and t.depends_on:  # always written (it is being acknowledged)
                 children.append(t)
@@ -374,19 +363,12 @@ class Recorder:
     def flush(self, everything: bool = False, new_only: bool = False) -> Future[None]:
         """Drain into the journal without waiting (the future resolves when written);
         ``everything``: held-back starts too; ``new_only``: new tasks only (see ``_drain``)."""
-        # thousands of rows at once: the collector is paused (see ``pause``; inline, as this
-        # runs after every dispatch and report)
-        was = gc.isenabled()
-        gc.disable()
-        try:
+        with paused_gc():  # thousands of rows at once: see ``pause``
             records, groups = self._drain(everything, new_only)
             done = self.journal.append_nowait(records)
             # freed while paused: alive at the collection that re-enabling soon triggers, the
             # rows would be scanned and moved to an older generation for nothing
             del records
-        finally:
-            if was:
-                gc.enable()
         if groups:
             done.add_done_callback(lambda f: self._written(f, groups))
         return done
